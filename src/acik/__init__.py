@@ -1,0 +1,13 @@
+"""acik: a fully open LLM stack. `acik.load(dir)` is the front door."""
+
+__version__ = "0.1.0"
+
+
+def load(path, **kwargs):
+    """Load a model directory (Hugging Face format); see `acik.hf.load` for the options."""
+    from acik.hf import load as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = ["__version__", "load"]

@@ -1,0 +1,3 @@
+from acik.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The `acik` command. Each stage adds its subcommands with one `add_cli(subparsers)` function
+in its own module; this file only wires them together and turns errors into clear messages."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from acik.manifest import read_manifest, verify
+
+    status = 0
+    for directory in args.dirs:
+        problems = verify(directory)
+        failures = [p for p in problems if "human-facing" not in p]
+        for p in problems:
+            print(f"{directory}: {p}")
+        if failures:
+            status = 1
+        else:
+            print(f"{directory}: OK ({read_manifest(directory)['directory_hash'][:16]})")
+    return status
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from acik.hf import describe
+
+    print(describe(args.dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from acik import __version__
+
+    parser = argparse.ArgumentParser(prog="acik", description="A fully open LLM stack.")
+    parser.add_argument("--version", action="version", version=f"acik {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="describe a model directory")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("verify", help="check a directory against its acik.json manifest")
+    p.add_argument("dirs", nargs="+")
+    p.set_defaults(func=_cmd_verify)
+
+    # Stage commands: one line per stage module.
+    for module in _STAGE_MODULES:
+        __import__(module, fromlist=["add_cli"]).add_cli(sub)
+    return parser
+
+
+# Modules that define `add_cli(subparsers)`.
+_STAGE_MODULES: list[str] = [
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        if os.environ.get("ACIK_DEBUG"):
+            traceback.print_exc()
+        print(f"acik {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
