@@ -1,0 +1,3 @@
+from acik.model.transformer import Transformer
+
+__all__ = ["Transformer"]

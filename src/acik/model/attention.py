@@ -1,0 +1,106 @@
+"""Attention: projections, QK-norm, RoPE, and one mask function per attention pattern.
+
+A mask function takes query positions [B, T] and key positions [B, S] and returns a boolean
+[B, T, S] (True: may attend). Negative key positions mark empty cache slots. Adding a pattern is
+one function here plus its name in `MASKS`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acik.model.norms import make_norm
+from acik.model.rope import apply_rope
+
+
+def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, config) -> torch.Tensor:
+    q, k = q_pos[:, :, None], k_pos[:, None, :]
+    return (k <= q) & (k >= 0)
+
+
+def sliding_window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, config) -> torch.Tensor:
+    # A query sees itself and the sliding_window - 1 keys before it.
+    return causal_mask(q_pos, k_pos, config) & (k_pos[:, None, :] > q_pos[:, :, None] - config.sliding_window)
+
+
+def block_sparse_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, config) -> torch.Tensor:
+    # "Sparse Transformer" strided pattern over blocks: each query block sees its own and the
+    # previous block (local), plus every block_stride-th block before it (strided summary blocks).
+    qb, kb = q_pos[:, :, None] // config.block_size, k_pos[:, None, :] // config.block_size
+    local = qb - kb <= 1
+    strided = (kb % config.block_stride) == config.block_stride - 1
+    return causal_mask(q_pos, k_pos, config) & (local | strided)
+
+
+MASKS = {
+    "full_attention": causal_mask,
+    "sliding_attention": sliding_window_mask,
+    "block_sparse_attention": block_sparse_mask,
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.config = config
+        self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, \
+            config.head_dim
+        self.mask_fn = MASKS[config.layer_types[layer_idx]]
+        self.is_causal_only = config.layer_types[layer_idx] == "full_attention"
+        self.scale = config.attention_scale or 1.0 / math.sqrt(self.head_dim)
+        hidden, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.q_proj = nn.Linear(hidden, q_dim, bias=config.q_bias)
+        self.k_proj = nn.Linear(hidden, kv_dim, bias=config.k_bias)
+        self.v_proj = nn.Linear(hidden, kv_dim, bias=config.v_bias)
+        self.o_proj = nn.Linear(q_dim, hidden, bias=config.o_bias)
+        if config.qk_norm == "head":
+            self.q_norm, self.k_norm = make_norm(config, self.head_dim), make_norm(config, self.head_dim)
+        elif config.qk_norm == "full":
+            self.q_norm, self.k_norm = make_norm(config, q_dim), make_norm(config, kv_dim)
+        if config.attention_sinks:
+            self.sinks = nn.Parameter(torch.zeros(self.n_heads))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                cache=None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.config.qk_norm == "full":  # OLMo-2: normalise the whole projection
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.config.qk_norm == "head":  # Qwen3: per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        k_pos = positions
+        if cache is not None:
+            k, v, k_pos = cache.update(self.layer_idx, k, v, positions)
+        if cache is None and segment_ids is None and self.is_causal_only and not self.config.attention_sinks:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                                 enable_gqa=self.n_kv != self.n_heads)
+        else:
+            mask = self.mask_fn(positions, k_pos, self.config)
+            if segment_ids is not None:  # packed sequences: attend only within the same example
+                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+            out = self._attend(q, k, v, mask[:, None])
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.config.attention_sinks:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                                  enable_gqa=self.n_kv != self.n_heads)
+        # Sinks: one learned logit per head joins the softmax as an extra column, then is dropped,
+        # so a head can put weight on "nothing".
+        rep = self.n_heads // self.n_kv
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        scores = scores.masked_fill(~mask, float("-inf"))
+        sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1).float(), dim=-1).to(q.dtype)
+        return probs[..., :-1] @ v
