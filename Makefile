@@ -20,15 +20,15 @@ quickstart: $(STAMP)
 	$(VENV)/bin/acik quickstart
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # Regenerate the lock from pyproject.toml's ranges (run after changing dependencies).
 lock:
