@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -62,7 +61,7 @@ class LLM:
             from acik.manifest import tokenizer_identity
 
             extra.setdefault("tokenizer_identity", tokenizer_identity(out))
-        write_manifest(out, kind="model", command=command or sys.argv, recipe=recipe, seed=seed,
+        write_manifest(out, kind="model", command=command, recipe=recipe, seed=seed,
                        parents=parents, extra=extra)
         return out
 

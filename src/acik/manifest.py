@@ -91,6 +91,16 @@ def code_version() -> dict[str, Any]:
     return out
 
 
+def current_command() -> list[str]:
+    """This process's command line as an `acik ...` argument list (what `acik reproduce` reruns)."""
+    import sys
+
+    first = Path(sys.argv[0]).name if sys.argv else ""
+    if first in ("acik", "__main__.py", "-m"):
+        return ["acik", *sys.argv[1:]]
+    return list(sys.argv)
+
+
 def write_manifest(
     directory: str | Path,
     *,
@@ -113,7 +123,8 @@ def write_manifest(
         "kind": kind,
         "directory_hash": directory_hash(files),
         "files": files,
-        "command": command,
+        "command": command if command is not None else current_command(),
+        "cwd": os.getcwd(),
         "recipe": recipe,
         "seed": seed,
         "code_version": code_version(),

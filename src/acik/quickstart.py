@@ -25,7 +25,7 @@ def run(out: Path, seed: int = 0) -> Path:
     model.init_weights(seed=seed)
     llm = LLM(model, config, tokenizer_dir=save_byte_tokenizer(out / "tokenizer"))
     print(f"[2/4] saving it as a Hugging Face directory: {out / 'model'}")
-    llm.save(out / "model", command="acik quickstart", recipe={"preset": "tiny"}, seed=seed)
+    llm.save(out / "model", recipe={"preset": "tiny"}, seed=seed)
     print("[3/4] loading it back and checking its manifest")
     again = acik.load(out / "model", dtype="float32")
     ids = torch.arange(16)[None]
