@@ -94,7 +94,8 @@ def _ts_type(spec: dict, nested_indent: str = " " * 16) -> str:
     if t == "array":
         items = spec.get("items")
         if items:
-            simple = {"string": "string[]", "number": "number[]", "integer": "number[]", "boolean": "boolean[]"}
+            simple = {"string": "string[]", "number": "number[]", "integer": "number[]",
+                      "boolean": "boolean[]"}
             if items.get("type") in simple:
                 out = simple[items["type"]]
             else:
@@ -124,7 +125,8 @@ def _ts_type(spec: dict, nested_indent: str = " " * 16) -> str:
             return "object"
         required = spec.get("required") or []
         # The published template puts a newline and its own indentation before nested types; we match it.
-        parts = [f"{name}{'' if name in required else '?'}: \n{nested_indent}{_ts_type(p)}" for name, p in props.items()]
+        parts = [f"{name}{'' if name in required else '?'}: \n{nested_indent}{_ts_type(p)}"
+                 for name, p in props.items()]
         return "{\n" + ", ".join(parts) + "}"
     return "any"
 
@@ -197,7 +199,8 @@ def render_chat(messages: list[dict], tools: list[dict] | None = None, *, add_ge
                     raise HarmonyError("assistant content must not contain <|channel|> tags: pass the "
                                        "analysis as 'thinking' and the answer as 'content'.")
             if "tool_calls" in m:
-                later_final = any(f["role"] == "assistant" and "tool_calls" not in f for f in messages[i + 1:])
+                later = messages[i + 1:]
+                later_final = any(f["role"] == "assistant" and "tool_calls" not in f for f in later)
                 if content and thinking:
                     raise HarmonyError("an assistant tool call may carry 'content' or 'thinking', not both.")
                 if (content or thinking) and not later_final:
@@ -230,8 +233,10 @@ def render_chat(messages: list[dict], tools: list[dict] | None = None, *, add_ge
 
 
 def _parse_header(header: str) -> HarmonyMessage:
-    # Header forms: "assistant", "assistant<|channel|>final", "assistant to=functions.f<|channel|>commentary json",
-    # "assistant<|channel|>commentary to=functions.f <|constrain|>json", "functions.f to=assistant<|channel|>...".
+    # Header forms: "assistant", "assistant<|channel|>final",
+    # "assistant to=functions.f<|channel|>commentary json",
+    # "assistant<|channel|>commentary to=functions.f <|constrain|>json",
+    # "functions.f to=assistant<|channel|>commentary".
     channel = None
     if CHANNEL in header:
         header, rest = header.split(CHANNEL, 1)
@@ -250,7 +255,8 @@ def _parse_header(header: str) -> HarmonyMessage:
             content_type = word
     author = author or "assistant"
     role, name = (author, None) if author in ROLES else ("tool", author)
-    return HarmonyMessage(role, "", channel=channel, recipient=recipient, content_type=content_type, name=name)
+    return HarmonyMessage(role, "", channel=channel, recipient=recipient, content_type=content_type,
+                          name=name)
 
 
 def parse_harmony(text: str, role: str = "assistant") -> list[HarmonyMessage]:
