@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -368,7 +369,7 @@ class Tokenizer:
 
     def __init__(self, backend: Any, config: dict | None = None, *, chat_template: str | dict | None = None,
                  generation_config: dict | None = None, path: str | Path | None = None):
-        from tokenizers import AddedToken, processors
+        from tokenizers import AddedToken
 
         self.backend = backend
         self.config = dict(config or {})
@@ -399,18 +400,19 @@ class Tokenizer:
         if missing:
             backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
 
-        # bos/eos: explicit add_bos_token/add_eos_token in the config replace tokenizer.json's post-processor
-        # (what transformers does); otherwise tokenizer.json's post-processor decides.
-        if "add_bos_token" in self.config or "add_eos_token" in self.config:
-            bos, eos = self.special_tokens_map.get("bos_token"), self.special_tokens_map.get("eos_token")
-            add_bos = bool(self.config.get("add_bos_token")) and bos is not None
-            add_eos = bool(self.config.get("add_eos_token")) and eos is not None
-            single = (f"{bos}:0 " if add_bos else "") + "$A:0" + (f" {eos}:0" if add_eos else "")
-            pair = single + (f" {bos}:1" if add_bos else "") + " $B:1" + (f" {eos}:1" if add_eos else "")
-            specials = ([(bos, backend.token_to_id(bos))] if add_bos else []) + (
-                [(eos, backend.token_to_id(eos))] if add_eos else [])
-            backend.post_processor = processors.TemplateProcessing(single=single, pair=pair,
-                                                                   special_tokens=specials)
+        # bos/eos come from tokenizer.json's post-processor alone: transformers (>= 5) drops the config's
+        # add_bos_token/add_eos_token whenever tokenizer.json exists, and ids must match what it gives.
+        # A config that disagrees is a trap for whoever reads it, so say so.
+        for flag, key, where in (("add_bos_token", "bos_token", 0), ("add_eos_token", "eos_token", -1)):
+            if flag in self.config and self.special_tokens_map.get(key) is not None:
+                tid = backend.token_to_id(self.special_tokens_map[key])
+                ids = backend.encode("", add_special_tokens=True).ids
+                adds = bool(ids) and ids[where] == tid
+                if bool(self.config[flag]) != adds:
+                    warnings.warn(f"{path}: tokenizer_config.json says {flag}={self.config[flag]} but "
+                                  f"tokenizer.json's post-processor {'adds' if adds else 'does not add'} "
+                                  f"{self.special_tokens_map[key]}; acik follows tokenizer.json, as "
+                                  "transformers does.", stacklevel=3)
 
         self._chat_template = chat_template if chat_template is not None else self.config.get("chat_template")
         self.generation_config = dict(generation_config or {})
@@ -501,6 +503,12 @@ class Tokenizer:
         if self.config.get("clean_up_tokenization_spaces") and self._model_type != "BPE":
             text = _clean_up_tokenization(text)
         return text
+
+    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        if self.config.get("clean_up_tokenization_spaces") and self._model_type != "BPE":
+            return [self.decode(ids, skip_special_tokens) for ids in batch]
+        return self.backend.decode_batch([list(ids) for ids in batch],
+                                         skip_special_tokens=skip_special_tokens)
 
     def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
         """An incremental decoder: feed ids one at a time, get text that never splits a character."""
@@ -727,6 +735,12 @@ def _token_bytes_table(tokenizer: Tokenizer) -> list[bytes | None]:
 # CLI
 
 
+def _train_command(recipe: TokenizerRecipe) -> list[str]:
+    """The command line that repeats this training, with every setting spelled out."""
+    return ["acik", "tokenizer", "train", "--input", *recipe.input, "--vocab-size", str(recipe.vocab_size),
+            "--out", str(recipe.out), "--min-frequency", str(recipe.min_frequency)]
+
+
 def _cmd_train(args: Any) -> int:
     from acik.recipe import load_recipe, to_dict
 
@@ -739,7 +753,7 @@ def _cmd_train(args: Any) -> int:
     start = time.perf_counter()
     out = train_bpe(recipe.input, recipe.vocab_size, recipe.out, min_frequency=recipe.min_frequency,
                     show_progress=not args.quiet and sys.stderr.isatty(),
-                    model_max_length=recipe.model_max_length, command=["acik", *sys.argv[1:]],
+                    model_max_length=recipe.model_max_length, command=_train_command(recipe),
                     recipe=to_dict(recipe))
     from acik.manifest import read_manifest
 
