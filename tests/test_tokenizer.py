@@ -405,3 +405,40 @@ def test_generic_tokenizer_matches_transformers(sentencepiece_style):
         assert ours.encode(text) == theirs.encode(text)
         ids = ours.encode(text)
         assert ours.decode(ids) == theirs.decode(ids)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
+def test_other_model_types_match_transformers(tmp_path, kind):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    text = (shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=500, show_progress=False,
+                                            special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"])
+        tok.train_from_iterator([text], trainer=trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        cfg = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+               "clean_up_tokenization_spaces": True}
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"],
+                                          unk_token="<unk>", show_progress=False)
+        tok.train_from_iterator([text], trainer=trainer)
+        cfg = {"unk_token": "<unk>", "eos_token": "</s>"}
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    ours, theirs = load_tokenizer(tmp_path), hf_tokenizer(tmp_path)
+    for sample in ["Hello there, my lord . I'm here !", text[:500], "ılık 日本"]:
+        ids = ours.encode(sample)
+        assert ids == theirs.encode(sample)
+        assert ours.decode(ids) == theirs.decode(ids)
+        assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+        assert "".join(_stream(ours, ids)) == ours.decode(ids)

@@ -654,8 +654,12 @@ class StreamDecoder:
     Byte-level tokenizers (GPT-2 alphabet) map each id to its bytes and run an incremental UTF-8
     decoder, which is exact and O(1) per token. Other tokenizers (SentencePiece-style, WordPiece)
     decode a short window of recent ids and emit what it adds, holding back text that ends in a
-    replacement character until the next id completes it.
+    replacement character until the next id completes it. Where decode cleans up spaces before
+    punctuation (WordPiece with `clean_up_tokenization_spaces`), a later id can change the last few
+    characters, so those decode everything each time and hold back the last few characters.
     """
+
+    CLEANUP_HOLDBACK = 5  # longer than any clean-up pattern (" n't")
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
         self.tokenizer = tokenizer
@@ -672,6 +676,9 @@ class StreamDecoder:
             self._table = None
             self._prefix = 0  # start of the window that gives context to the next id
             self._read = 0  # ids before this are already emitted
+            self._cleanup = bool(tokenizer.config.get("clean_up_tokenization_spaces")) and \
+                tokenizer._model_type != "BPE"
+            self._done = 0  # characters emitted so far
 
     def add(self, token_id: int) -> str:
         """Feed one id; returns the text it completes (often "", never a broken character)."""
@@ -683,6 +690,12 @@ class StreamDecoder:
             if piece is None:
                 raise TokenizerError(f"token id {token_id} is not in the vocabulary.")
             out = self._utf8.decode(piece)
+        elif self._cleanup:
+            full = self.tokenizer.decode(self.ids, self.skip_special_tokens)
+            stable = full[:max(0, len(full) - self.CLEANUP_HOLDBACK)]
+            if len(stable) <= self._done or stable.endswith("\ufffd"):
+                return ""
+            out = stable[self._done:]
         else:
             dec = self.tokenizer.decode
             before = dec(self.ids[self._prefix:self._read], self.skip_special_tokens)
@@ -693,6 +706,8 @@ class StreamDecoder:
             self._prefix, self._read = self._read, len(self.ids)
         if out:
             self.emitted.append(out)
+            if self._table is None:
+                self._done += len(out)
         return out
 
     def flush(self) -> str:
@@ -704,6 +719,7 @@ class StreamDecoder:
             done = "".join(self.emitted)
             out = full[len(done):] if full.startswith(done) else ""
             self._prefix = self._read = len(self.ids)
+            self._done += len(out)
         if out:
             self.emitted.append(out)
         return out
