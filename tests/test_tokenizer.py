@@ -442,3 +442,11 @@ def test_other_model_types_match_transformers(tmp_path, kind):
         assert ours.decode(ids) == theirs.decode(ids)
         assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
         assert "".join(_stream(ours, ids)) == ours.decode(ids)
+
+
+def test_training_is_deterministic(small_tok, tmp_path):
+    # The same inputs give the same bytes, so the identity hash names the training run's result.
+    inputs = read_manifest(small_tok)["training"]["inputs"]
+    again = train_bpe(inputs, 1000, tmp_path / "again", show_progress=False)
+    assert (again / "tokenizer.json").read_bytes() == (small_tok / "tokenizer.json").read_bytes()
+    assert read_manifest(again)["tokenizer_identity"] == read_manifest(small_tok)["tokenizer_identity"]

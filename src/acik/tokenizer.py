@@ -409,7 +409,8 @@ class Tokenizer:
                 ids = backend.encode("", add_special_tokens=True).ids
                 adds = bool(ids) and ids[where] == tid
                 if bool(self.config[flag]) != adds:
-                    warnings.warn(f"{path or 'tokenizer'}: tokenizer_config.json says {flag}={self.config[flag]} but "
+                    warnings.warn(f"{path or 'tokenizer'}: tokenizer_config.json says "
+                                  f"{flag}={self.config[flag]} but "
                                   f"tokenizer.json's post-processor {'adds' if adds else 'does not add'} "
                                   f"{self.special_tokens_map[key]}; acik follows tokenizer.json, as "
                                   "transformers does.", stacklevel=3)
