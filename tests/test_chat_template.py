@@ -14,7 +14,7 @@ from acik.tokenizer import load_tokenizer, train_bpe
 transformers = pytest.importorskip("transformers")
 
 
-def shared_data() -> Path:
+def _shared_data() -> Path:
     root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     if not root.is_dir():
         pytest.skip(f"shared test data not found at {root} (set ACIK_SHARED_DATA)")
@@ -88,7 +88,7 @@ CONVERSATIONS = {
 
 @pytest.fixture(scope="module")
 def base_tokenizer(tmp_path_factory) -> Path:
-    text = (shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
+    text = (_shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
     src = tmp_path_factory.mktemp("c") / "c.txt"
     src.write_text(text, encoding="utf-8")
     return train_bpe([src], 600, tmp_path_factory.mktemp("t") / "base", show_progress=False)
@@ -100,7 +100,7 @@ def template_dir(base: Path, out: Path, name: str) -> Path:
     (out / "tokenizer.json").write_bytes((base / "tokenizer.json").read_bytes())
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
            **SPECIALS[name],
-           "chat_template": (shared_data() / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")}
+           "chat_template": (_shared_data() / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")}
     (out / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     return out
 

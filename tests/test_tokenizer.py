@@ -27,7 +27,7 @@ from acik.tokenizer import (
 transformers = pytest.importorskip("transformers")
 
 
-def shared_data() -> Path:
+def _shared_data() -> Path:
     root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     if not root.is_dir():
         pytest.skip(f"shared test data not found at {root} (set ACIK_SHARED_DATA)")
@@ -52,7 +52,7 @@ MULTILINGUAL = [
 
 @pytest.fixture(scope="module")
 def small_tok(tmp_path_factory) -> Path:
-    data = shared_data()
+    data = _shared_data()
     text = (data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
     src = tmp_path_factory.mktemp("corpus") / "small.txt"
     src.write_text(text + "\n" + "\n".join(MULTILINGUAL), encoding="utf-8")
@@ -61,7 +61,7 @@ def small_tok(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def acceptance_tok(tmp_path_factory) -> Path:
-    data = shared_data()
+    data = _shared_data()
     return train_bpe([data / "tinyshakespeare.txt", data / "wikitext-2" / "valid.txt"], 8192,
                      tmp_path_factory.mktemp("tok") / "acc", show_progress=False)
 
@@ -91,7 +91,7 @@ def test_trained_layout_manifest_and_identity(small_tok):
 
 def test_small_tokenizer_matches_transformers(small_tok):
     ours, theirs = load_tokenizer(small_tok), hf_tokenizer(small_tok)
-    texts = MULTILINGUAL + [(shared_data() / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:20000]]
+    texts = MULTILINGUAL + [(_shared_data() / "wikitext-2" / "test.txt").read_text(encoding="utf-8")[:20000]]
     for text in texts:
         for special in (True, False):
             assert ours.encode(text, add_special_tokens=special) == theirs.encode(
@@ -116,14 +116,14 @@ def test_small_tokenizer_matches_transformers(small_tok):
 
 
 def test_acceptance_wikitext_ids_match_transformers(acceptance_tok):
-    text = (shared_data() / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    text = (_shared_data() / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
     ours = load_tokenizer(acceptance_tok).encode(text)
     assert ours == hf_tokenizer(acceptance_tok).encode(text)
     assert len(ours) < len(text.encode("utf-8")) / 3  # it learnt real merges
 
 
 def udhr2_texts() -> list[tuple[str, str]]:
-    path = shared_data() / "nltk_data" / "corpora" / "udhr2.zip"
+    path = _shared_data() / "nltk_data" / "corpora" / "udhr2.zip"
     if not path.exists():
         pytest.skip(f"{path} missing")
     with zipfile.ZipFile(path) as z:
@@ -378,7 +378,7 @@ def sentencepiece_style(tmp_path_factory) -> Path:
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
                                   show_progress=False)
-    text = (shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000]
+    text = (_shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000]
     tok.train_from_iterator([text, "ılık ğüş 日本"], trainer=trainer)
     d = tmp_path_factory.mktemp("sp")
     tok.save(str(d / "tokenizer.json"))
@@ -411,7 +411,7 @@ def test_generic_tokenizer_matches_transformers(sentencepiece_style):
 def test_other_model_types_match_transformers(tmp_path, kind):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    text = (shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
+    text = (_shared_data() / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
