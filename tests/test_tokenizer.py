@@ -450,3 +450,13 @@ def test_training_is_deterministic(small_tok, tmp_path):
     again = train_bpe(inputs, 1000, tmp_path / "again", show_progress=False)
     assert (again / "tokenizer.json").read_bytes() == (small_tok / "tokenizer.json").read_bytes()
     assert read_manifest(again)["tokenizer_identity"] == read_manifest(small_tok)["tokenizer_identity"]
+
+
+def test_cli_render(small_tok, tmp_path, capsys):
+    (tmp_path / "m.json").write_text(json.dumps([{"role": "user", "content": "Selam"}]))
+    assert cli_main(["tokenizer", "render", str(small_tok), str(tmp_path / "m.json")]) == 0
+    assert capsys.readouterr().out == "<|im_start|>user\nSelam<|im_end|>\n<|im_start|>assistant\n\n"
+    assert cli_main(["tokenizer", "render", str(small_tok), str(tmp_path / "m.json"), "--ids",
+                     "--no-generation-prompt"]) == 0
+    ids = json.loads(capsys.readouterr().out)
+    assert load_tokenizer(small_tok).decode(ids) == "<|im_start|>user\nSelam<|im_end|>\n"

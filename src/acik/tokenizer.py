@@ -795,6 +795,19 @@ def _cmd_decode(args: Any) -> int:
     return 0
 
 
+def _cmd_render(args: Any) -> int:
+    from acik.recipe import parse_override
+
+    tok = load_tokenizer(args.dir)
+    messages = _read_json(Path(args.messages), "messages file")
+    tools = _read_json(Path(args.tools), "tools file") if args.tools else None
+    kwargs = {".".join(path): value for path, value in map(parse_override, args.set or [])}
+    out = tok.apply_chat_template(messages, add_generation_prompt=not args.no_generation_prompt, tools=tools,
+                                  tokenize=args.ids, **kwargs)
+    print(json.dumps(out) if args.ids else out)
+    return 0
+
+
 def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("tokenizer", help="train and use tokenizers")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
@@ -816,3 +829,11 @@ def add_cli(subparsers: Any) -> None:
     d.add_argument("dir")
     d.add_argument("ids", help="ids separated by spaces or commas")
     d.set_defaults(func=_cmd_decode)
+    r = sub.add_parser("render", help="render a conversation with the directory's chat template")
+    r.add_argument("dir")
+    r.add_argument("messages", help="JSON file: a list of {role, content, ...} messages")
+    r.add_argument("--tools", help="JSON file: a list of function tools (JSON schema)")
+    r.add_argument("--set", action="append", help="template variable: key=value (e.g. reasoning_effort=high)")
+    r.add_argument("--no-generation-prompt", action="store_true", help="do not open an assistant turn")
+    r.add_argument("--ids", action="store_true", help="print token ids instead of text")
+    r.set_defaults(func=_cmd_render)
