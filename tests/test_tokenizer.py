@@ -172,6 +172,7 @@ def test_inputs_folders_jsonl_and_data_directory(tmp_path):
     (folder / "a.txt").write_text("the quick brown fox\n" * 50, encoding="utf-8")
     _write_jsonl(folder / "sub" / "b.jsonl", ["jumps over", "the lazy dog"] * 20)
     (folder / "image.png").write_bytes(b"\x89PNG not text")  # ignored: not a text suffix
+    (folder / "sub" / "c.txt.gz").write_bytes(gzip.compress(b"gzipped text\n"))
     data = tmp_path / "data"
     (data / "documents").mkdir(parents=True)
     (data / "data_card.json").write_text("{}")
@@ -184,7 +185,7 @@ def test_inputs_folders_jsonl_and_data_directory(tmp_path):
     write_manifest(data, kind="data")
     out = train_bpe([folder, data], 300, tmp_path / "tok", min_frequency=1)
     m = read_manifest(out)
-    assert m["training"]["documents"] == 1 + 40 + 60 + 30
+    assert m["training"]["documents"] == 1 + 40 + 1 + 60 + 30
     assert [p["role"] for p in m["parents"]] == ["data"]
     assert m["parents"][0]["directory_hash"] == read_manifest(data)["directory_hash"]
     tok = load_tokenizer(out)

@@ -184,6 +184,11 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.endswith(JSONL_SUFFIXES)
 
 
+def _is_text(path: Path) -> bool:
+    name = path.name.lower().removesuffix(".gz").removesuffix(".zst")
+    return Path(name).suffix in TEXT_SUFFIXES
+
+
 def training_files(inputs: Iterable[str | Path]) -> list[Path]:
     """The files that `train_bpe` reads for `inputs`, in order.
 
@@ -208,7 +213,7 @@ def training_files(inputs: Iterable[str | Path]) -> list[Path]:
                 found = sorted(
                     p for p in path.rglob("*")
                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                    and (_is_jsonl(p) or p.suffix.lower() in TEXT_SUFFIXES)
+                    and (_is_jsonl(p) or _is_text(p))
                 )
                 if not found:
                     raise TokenizerError(f"{path}: no .txt/.md/.jsonl files in this folder.")
