@@ -117,10 +117,11 @@ def byte_tokenizer_json() -> dict:
     return _tokenizer_json(vocab, [], pre)
 
 
-def _write_tokenizer_dir(out: Path, tok_json: dict) -> None:
+def _write_tokenizer_dir(out: Path, tok_json: dict, model_max_length: int = 1 << 20) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False, indent=1), encoding="utf-8")
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(model_max_length), indent=2),
+                                               encoding="utf-8")
 
 
 def save_byte_tokenizer(out_dir: str | Path) -> Path:
@@ -283,16 +284,13 @@ def train_bpe(
     files = training_files(inputs)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    split = {"type": "Split", "pattern": {"Regex": GPT4_SPLIT_PATTERN}, "behavior": "Isolated",
-             "invert": False}
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    pre = {"type": "Sequence", "pretokenizers": [split, byte_level]}
-
     tok = Tokenizer(models.BPE())
+    # Split with GPT-4's regex, then map bytes to the printable alphabet (the regex already split words).
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
+    pre = json.loads(tok.pre_tokenizer.__getstate__())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - n_special, min_frequency=min_frequency, show_progress=show_progress,
         special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -318,10 +316,7 @@ def train_bpe(
         raise RuntimeError("BPE training produced a vocabulary that its merges do not explain; "
                            "this is a bug in acik's renumbering.")
     out = Path(out_dir)
-    tok_json = _tokenizer_json(vocab, merges, pre)
-    _write_tokenizer_dir(out, tok_json)
-    cfg = tokenizer_config(model_max_length)
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    _write_tokenizer_dir(out, _tokenizer_json(vocab, merges, pre), model_max_length)
     load_tokenizer(out)  # fail here, not later, if what we wrote does not load
 
     if manifest:
