@@ -58,6 +58,7 @@ _STAGE_MODULES: list[str] = [
     "acik.quickstart",
     "acik.eval.harness",
     "acik.reproduce",
+    "acik.tokenizer",
 ]
 
 
