@@ -341,11 +341,30 @@ def _falcon_save(tensors: Tensors, cfg: ModelConfig) -> Tensors:
         yield name, t
 
 
+def _acik_patterns_from_hf(hf: dict) -> dict:
+    """Attention patterns of models trained with acik (sliding or block-sparse layers in a Llama tree)."""
+    out = {k: hf[k] for k in ("layer_types", "sliding_window", "block_size", "block_stride") if hf.get(k)}
+    if "layer_types" in out and "block_sparse_attention" not in out["layer_types"]:
+        out = {k: v for k, v in out.items() if k not in ("block_size", "block_stride")}
+    return out
+
+
+def _acik_patterns_to_hf(cfg: ModelConfig) -> dict:
+    # Written only when some layer is not full attention. transformers' Llama ignores these keys,
+    # so such a model runs exactly only in acik (docs/models.md says so).
+    if all(t == "full_attention" for t in cfg.layer_types):
+        return {}
+    out: dict[str, Any] = {"layer_types": cfg.layer_types, "sliding_window": cfg.sliding_window}
+    if "block_sparse_attention" in cfg.layer_types:
+        out.update(block_size=cfg.block_size, block_stride=cfg.block_stride)
+    return out
+
+
 FAMILIES: dict[str, Family] = {
     "llama": Family(
         "LlamaForCausalLM",
-        from_hf=_attention_bias_from_hf,
-        to_hf=_attention_bias_to_hf,
+        from_hf=lambda hf: {**_attention_bias_from_hf(hf), **_acik_patterns_from_hf(hf)},
+        to_hf=lambda cfg: {**_attention_bias_to_hf(cfg), **_acik_patterns_to_hf(cfg)},
     ),
     "mistral": Family(
         "MistralForCausalLM",
