@@ -166,3 +166,24 @@ def test_training_from_scratch_moe_backward():
     aux, z = router_losses(model)
     (logits.float().logsumexp(-1).mean() + 0.01 * aux + 0.001 * z).backward()
     assert model.model.layers[1].mlp.experts.gate_up_proj.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="this torch has no torch._grouped_mm")
+def test_grouped_mm_path_equals_per_expert_path():
+    """The fused path (used on recent GPUs) and the portable one agree; torch runs the former's forward on CPU too,
+    including experts that receive no tokens."""
+    from acik.model.moe import grouped_linear, grouped_mm_linear
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([3, 0, 5, 2])
+    x, w, b = torch.randn(10, 16, generator=gen), torch.randn(4, 8, 16, generator=gen), torch.randn(4, 8, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(grouped_mm_linear(x, w, sizes, b), grouped_linear(x, w, sizes, b), atol=1e-5)
+
+
+def test_alibi_falcon_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon", "alibi": True, "hidden_size": 64,
+                                                      "num_attention_heads": 4, "num_hidden_layers": 2,
+                                                      "vocab_size": 97}))
+    with pytest.raises(CheckpointError, match="ALiBi"):
+        acik.load(tmp_path)
