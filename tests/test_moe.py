@@ -187,3 +187,19 @@ def test_alibi_falcon_is_refused(tmp_path):
                                                       "vocab_size": 97}))
     with pytest.raises(CheckpointError, match="ALiBi"):
         acik.load(tmp_path)
+
+
+def test_packed_mode_for_dense_checkpoints(mxfp4_path, tmp_path):
+    """A dense MoE checkpoint loaded packed is quantised at load with the same codec as a real MXFP4 file;
+    a family that cannot store MXFP4 (Mixtral) is written dense again."""
+    x = torch.randint(0, 97, (1, 12))
+    packed = acik.load(mxfp4_path.parent / "dense", dtype="float32", mxfp4="packed")
+    real = acik.load(mxfp4_path, dtype="float32")
+    with torch.no_grad():
+        assert torch.equal(packed.model(x), real.model(x))
+    make_hf_model(mixtral(intermediate_size=64), tmp_path / "mixtral")
+    llm = acik.load(tmp_path / "mixtral", dtype="float32", mxfp4="packed")
+    llm.save(tmp_path / "out")
+    assert not any(n.endswith(("_blocks", "_scales")) for n in load_file(tmp_path / "out" / "model.safetensors"))
+    with torch.no_grad():
+        assert torch.allclose(acik.load(tmp_path / "out").model(x), llm.model(x), atol=1e-5)

@@ -48,6 +48,9 @@ class Family:
     eps_key: str = "rms_norm_eps"
     # COMMON_KEYS this family's config.json does not spell that way (written by `to_hf` instead).
     skip_keys: tuple[str, ...] = ()
+    # Whether the family's checkpoints can hold MXFP4 experts (`*_blocks`/`*_scales`); others are
+    # written dense when the model holds them packed.
+    stores_mxfp4: bool = False
 
 
 def _attention_bias_from_hf(hf: dict) -> dict:
@@ -181,8 +184,8 @@ def _interleave(t: torch.Tensor, dim: int = 1) -> torch.Tensor:
 def _gpt_oss_load(tensors: Tensors, cfg: ModelConfig) -> Tensors:
     """gpt-oss experts are stored transposed ([E, in, out]) with gate/up interleaved, or as MXFP4
     `*_blocks`/`*_scales` ([E, out, in/32, 16] / [E, out, in/32]). With `expert_quant="mxfp4"` the
-    packed bytes are kept (quantised at load if the checkpoint is dense); otherwise dequantised."""
-    from acik.quant.mxfp4 import check_mxfp4, dequantize_mxfp4, quantize_mxfp4
+    packed bytes are kept; otherwise they are dequantised here."""
+    from acik.quant.mxfp4 import check_mxfp4, dequantize_mxfp4
 
     packed = cfg.expert_quant == "mxfp4"
     pending: dict[str, dict[str, torch.Tensor]] = {}
@@ -215,11 +218,6 @@ def _gpt_oss_load(tensors: Tensors, cfg: ModelConfig) -> Tensors:
             t = t.transpose(1, 2)
             if name.endswith("gate_up_proj"):
                 t = _deinterleave(t)
-            if packed:
-                blocks, scales = quantize_mxfp4(t)
-                yield f"{name}_blocks", blocks
-                yield f"{name}_scales", scales
-                continue
         yield name, t.contiguous()
     for base, got in pending.items():
         raise CheckpointError(f"{base}: MXFP4 needs both {base}_blocks and {base}_scales; only {', '.join(got)} "
@@ -404,6 +402,7 @@ FAMILIES: dict[str, Family] = {
         to_hf=_gpt_oss_to_hf,
         load_tensors=_gpt_oss_load,
         save_tensors=_gpt_oss_save,
+        stores_mxfp4=True,
     ),
     "falcon": Family(
         "FalconForCausalLM",
@@ -552,7 +551,7 @@ def load_weights(model: torch.nn.Module, config: ModelConfig, files: list[Path],
     params = dict(model.named_parameters())
     filled: set[str] = set()
     where = ", ".join(f.name for f in files)
-    for name, tensor in fam.load_tensors(iter_checkpoint(files), config):
+    for name, tensor in _pack_experts(fam.load_tensors(iter_checkpoint(files), config), params):
         if name.endswith("rotary_emb.inv_freq"):
             continue
         if name not in params:
@@ -577,6 +576,35 @@ def load_weights(model: torch.nn.Module, config: ModelConfig, files: list[Path],
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"{where}: missing tensor(s) {', '.join(missing[:3])}{more}; the checkpoint is "
                               "incomplete or for a different architecture")
+
+
+def _pack_experts(tensors: Tensors, params: dict) -> Tensors:
+    """Dense expert weights for a model that holds them packed (`expert_quant="mxfp4"`): quantise at load."""
+    from acik.quant.mxfp4 import quantize_mxfp4
+
+    for name, t in tensors:
+        if name not in params and f"{name}_blocks" in params:
+            blocks, scales = quantize_mxfp4(t)
+            yield f"{name}_blocks", blocks
+            yield f"{name}_scales", scales
+        else:
+            yield name, t
+
+
+def _unpack_experts(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Packed expert weights back to dense, for families whose checkpoints cannot store MXFP4."""
+    from acik.quant.mxfp4 import dequantize_mxfp4
+
+    out = {}
+    for name, t in state.items():
+        if name.endswith("_scales") and name.removesuffix("_scales") + "_blocks" in state:
+            continue
+        if name.endswith("_blocks") and name.removesuffix("_blocks") + "_scales" in state:
+            base = name.removesuffix("_blocks")
+            out[base] = dequantize_mxfp4(t, state[f"{base}_scales"], dtype)
+        else:
+            out[name] = t
+    return out
 
 
 def _set_param(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
@@ -632,6 +660,8 @@ def save_weights(model: torch.nn.Module, config: ModelConfig, out: Path,
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
+    if config.expert_quant == "mxfp4" and not fam.stores_mxfp4:
+        state = _unpack_experts(state, model.model.embed_tokens.weight.dtype)
     tensors = [(name, t.detach().to("cpu").contiguous()) for name, t in
                fam.save_tensors(iter(state.items()), config)]
     shards: list[list[tuple[str, torch.Tensor]]] = [[]]
