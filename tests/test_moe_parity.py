@@ -109,3 +109,21 @@ def test_mxfp4_logits(mode, mxfp4_dir, input_ids, tmp_path):
     back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager",
                                                    dtype=torch.float32).eval()
     assert _diff(hf_logits(back, input_ids), expected) <= 1e-4, f"mxfp4 {mode}: logits changed after save"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt_oss", "falcon-grouped"])
+def test_every_parameter_matters(name, tmp_path, input_ids):
+    """Perturb each tensor in turn: the comparison must then fail, so no weight (bias, sink, norm) is unused."""
+    ref = make_hf_model(CASES[name](), tmp_path / "hf")
+    x = input_ids[:1, :12]
+    expected = hf_logits(ref, x)
+    llm = acik.load(tmp_path / "hf", dtype="float32")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pname, p in llm.model.named_parameters():
+            original = p.clone()
+            p.mul_(1 + 0.01 * torch.randn(p.shape, generator=gen))
+            diff = _diff(llm.model(x), expected)
+            p.copy_(original)
+            assert diff > 1e-4, f"perturbing {pname} did not change the logits (max |Δ| {diff})"

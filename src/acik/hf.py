@@ -252,13 +252,15 @@ def _falcon_from_hf(hf: dict) -> dict:
                               "not implement; acik runs the rotary Falcon models (7B, 40B, 180B, Falcon2)")
     new_arch = bool(hf.get("new_decoder_architecture", False))
     multi_query = bool(hf.get("multi_query", True))
-    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    # Early Falcon configs spell the shape n_head / n_layer.
+    heads, hidden = hf.get("num_attention_heads") or hf["n_head"], hf["hidden_size"]
     parallel = new_arch or bool(hf.get("parallel_attn", True))
     two_norms = new_arch and (hf.get("num_ln_in_parallel_attn") or 2) == 2
     kv = hf.get("num_kv_heads") or heads if new_arch else (1 if multi_query else heads)
     bias = bool(hf.get("bias", False))
     act = hf.get("activation", "gelu")
-    return {"num_key_value_heads": kv, "head_dim": hidden // heads,
+    return {"num_attention_heads": heads, "num_hidden_layers": hf.get("num_hidden_layers") or hf["n_layer"],
+            "num_key_value_heads": kv, "head_dim": hidden // heads,
             "intermediate_size": hf.get("ffn_hidden_size") or 4 * hidden,
             "hidden_act": {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}.get(act, act),
             "q_bias": bias, "k_bias": bias, "v_bias": bias, "o_bias": bias, "mlp_bias": bias,
