@@ -59,6 +59,7 @@ _STAGE_MODULES: list[str] = [
     "acik.eval.harness",
     "acik.reproduce",
     "acik.tokenizer",
+    "acik.moe_tools",
 ]
 
 
