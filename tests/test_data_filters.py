@@ -392,3 +392,36 @@ def test_other_rules_published_defaults():
     assert (r.dedup.ngram, r.dedup.bands, r.dedup.rows, r.dedup.threshold) == (5, 14, 8, 0.7)
     assert r.decontamination.ngram == 13
     assert r.read.max_doc_chars == 2_000_000
+
+
+def test_ngram_statistics_match_the_string_definitions():
+    """The hashed n-gram counting agrees with the plain definition (strings, Counter) on random texts."""
+    import random
+
+    def top_ref(words, n):
+        grams = Counter(" ".join(words[i: i + n]) for i in range(len(words) - n + 1))
+        if not grams:
+            return 0
+        gram, count = grams.most_common(1)[0]
+        return len(gram) * count
+
+    def dup_ref(words, n):
+        seen, chars, i = set(), 0, 0
+        while i < len(words) - n + 1:
+            gram = tuple(words[i: i + n])
+            if gram in seen:
+                chars += len("".join(gram))
+                i += n
+            else:
+                seen.add(gram)
+                i += 1
+        return chars
+
+    rng = random.Random(0)
+    for _ in range(500):
+        vocab = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(2, 12))]
+        words = [rng.choice(vocab) for _ in range(rng.randint(0, 80))]
+        grams = filters._Grams(words)
+        for n in range(2, 11):
+            assert filters.top_ngram_chars(grams, n) == top_ref(words, n)
+            assert filters.duplicated_ngram_chars(grams, n) == dup_ref(words, n)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import numpy as np
+
 # Characters that end a sentence in the scripts a pretraining corpus usually holds.
 TERMINAL_PUNCT = (
     ".",
@@ -47,6 +49,7 @@ CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 PARAGRAPHS = re.compile(r"\n{2,}")
 LINES = re.compile(r"\n+")
 SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u0964]+(?=\s|$)")
+_MULT = np.uint64(0x9E3779B97F4A7C15)
 PUNCT_CHARS = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u2026\u201c\u201d\u2018\u2019\u3002\uff01\uff1f")
 
 
@@ -67,26 +70,63 @@ def find_duplicates(items: list[str]) -> tuple[int, int]:
     return n, chars
 
 
-def top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters covered by the most frequent word n-gram (its length times its count)."""
-    grams = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
-    if not grams:
+class _Grams:
+    """Word n-grams of one document as 64-bit keys, so counting repeats needs no string joins.
+
+    Keys are a polynomial over per-document word ids; character lengths come from prefix sums of
+    word lengths. Equal n-grams get equal keys; unequal ones collide with negligible probability.
+    """
+
+    def __init__(self, words: list[str]):
+        vocab: dict[str, int] = {}
+        self.ids = np.array([vocab.setdefault(w, len(vocab)) for w in words], dtype=np.uint64)
+        self.cum = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+        self.n_words = len(words)
+
+    def keys(self, n: int) -> np.ndarray:
+        m = self.n_words - n + 1
+        if m <= 0:
+            return np.zeros(0, dtype=np.uint64)
+        out = np.zeros(m, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(n):
+                out = out * _MULT + self.ids[j: j + m] + np.uint64(1)
+        return out
+
+    def chars(self, n: int) -> np.ndarray:
+        """Characters of each n-gram's words (without the spaces between them)."""
+        return self.cum[n:] - self.cum[: self.n_words - n + 1]
+
+
+def top_ngram_chars(grams: _Grams, n: int) -> int:
+    """Characters covered by the most frequent word n-gram: its length (words joined by single spaces)
+    times its count; among equally frequent n-grams, the one that occurs first."""
+    keys = grams.keys(n)
+    if keys.size == 0:
         return 0
-    gram, count = grams.most_common(1)[0]
-    return len(gram) * count
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    best = counts.max()
+    i = int(first[counts == best].min())
+    return (int(grams.chars(n)[i]) + n - 1) * int(best)
 
 
-def duplicated_ngram_chars(words: list[str], n: int) -> int:
-    """Characters in n-grams seen before, skipping past a repeat so overlaps are not counted twice."""
-    seen: set[str] = set()
+def duplicated_ngram_chars(grams: _Grams, n: int) -> int:
+    """Characters in n-grams seen before, skipping past a repeat so overlaps are not counted twice.
+    (n-grams are compared word by word; datatrove compares them joined without spaces.)"""
+    keys = grams.keys(n)
+    if keys.size == 0 or np.unique(keys).size == keys.size:
+        return 0
+    chars_of = grams.chars(n)
+    keys_list = keys.tolist()
+    seen: set[int] = set()
     chars = i = 0
-    while i < len(words) - n + 1:
-        gram = "".join(words[i : i + n])
-        if gram in seen:
-            chars += len(gram)
+    while i < len(keys_list):
+        k = keys_list[i]
+        if k in seen:
+            chars += int(chars_of[i])
             i += n
         else:
-            seen.add(gram)
+            seen.add(k)
             i += 1
     return chars
 
@@ -105,12 +145,12 @@ def gopher_repetition(text: str, cfg) -> str | None:
         return "gopher_repetition.dup_line_frac"
     if dup_chars / n_chars > cfg.dup_line_char_frac:
         return "gopher_repetition.dup_line_char_frac"
-    words = words_of(text)
+    grams = _Grams(words_of(text))
     for n, frac in cfg.top_n_grams:
-        if top_ngram_chars(words, int(n)) / n_chars > frac:
+        if top_ngram_chars(grams, int(n)) / n_chars > frac:
             return f"gopher_repetition.top_{int(n)}_gram"
     for n, frac in cfg.dup_n_grams:
-        if duplicated_ngram_chars(words, int(n)) / n_chars > frac:
+        if duplicated_ngram_chars(grams, int(n)) / n_chars > frac:
             return f"gopher_repetition.dup_{int(n)}_gram"
     return None
 

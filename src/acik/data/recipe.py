@@ -68,7 +68,7 @@ class LangIdConfig:
     # Restrict the classifier to these candidates (null: all 97 of py3langid's languages).
     candidates: list[str] | None = None
     # Only the first characters are classified: language is settled long before the end of a page.
-    max_chars: int = 3000
+    max_chars: int = 1000
 
 
 @dataclass

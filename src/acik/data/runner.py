@@ -218,7 +218,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
     stats["quarantined"] = dict(sorted(stats["quarantined"].items()))
     check_task(stats)
     # Written last: its presence marks the task finished.
-    _write_atomic(tdir / f"{tid}.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    _write_atomic(tdir / f"{tid}.stats.json", (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
     return stats
 
 
@@ -362,10 +362,10 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(inputs, recipe, license)
     work = _prepare_work(out, tasks, recipe, recipe_dict)
-    pending = [t for t in tasks if not (work / "tasks" / f"{t['task_id']}.json").exists()]
+    pending = [t for t in tasks if not (work / "tasks" / f"{t['task_id']}.stats.json").exists()]
     _execute(pending, recipe_dict, work, executor, workers)
 
-    task_stats = [json.loads((work / "tasks" / f"{t['task_id']}.json").read_text()) for t in tasks]
+    task_stats = [json.loads((work / "tasks" / f"{t['task_id']}.stats.json").read_text()) for t in tasks]
     for s in task_stats:
         check_task(s)
     kept_stats = _dedup_and_store(out, work, tasks, recipe)
