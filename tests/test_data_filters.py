@@ -399,7 +399,7 @@ def test_ngram_statistics_match_the_string_definitions():
     import random
 
     def top_ref(words, n):
-        grams = Counter(" ".join(words[i: i + n]) for i in range(len(words) - n + 1))
+        grams = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
         if not grams:
             return 0
         gram, count = grams.most_common(1)[0]
@@ -408,7 +408,7 @@ def test_ngram_statistics_match_the_string_definitions():
     def dup_ref(words, n):
         seen, chars, i = set(), 0, 0
         while i < len(words) - n + 1:
-            gram = tuple(words[i: i + n])
+            gram = tuple(words[i : i + n])
             if gram in seen:
                 chars += len("".join(gram))
                 i += n
@@ -419,7 +419,9 @@ def test_ngram_statistics_match_the_string_definitions():
 
     rng = random.Random(0)
     for _ in range(500):
-        vocab = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(2, 12))]
+        vocab = [
+            "".join(rng.choice("abc") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(2, 12))
+        ]
         words = [rng.choice(vocab) for _ in range(rng.randint(0, 80))]
         grams = filters._Grams(words)
         for n in range(2, 11):

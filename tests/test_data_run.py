@@ -22,28 +22,118 @@ from acik.manifest import read_manifest, tokenizer_identity, verify
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-SUBJ = ["the farmer", "a young teacher", "the old sailor", "my neighbour", "the council", "a small child",
-        "the doctor", "our guide", "the baker", "a tired student", "the engineer", "her brother", "the mayor",
-        "a quiet painter", "the musician", "his grandmother", "the pilot", "a curious reporter"]
-VERB = ["carried", "painted", "repaired", "described", "found", "borrowed", "studied", "cleaned", "measured",
-        "sold", "photographed", "admired", "ordered", "explained", "wrapped", "delivered", "opened", "returned"]
-ADJ = ["heavy", "bright", "wooden", "ancient", "fragile", "enormous", "simple", "golden", "narrow", "noisy",
-       "careful", "strange", "gentle", "broken", "familiar", "distant", "useful", "rare"]
-NOUN = ["basket", "bridge", "letter", "garden", "window", "engine", "map", "violin", "lantern", "ladder",
-        "carpet", "clock", "boat", "recipe", "painting", "fence", "kettle", "notebook", "harbour", "mirror"]
-TAIL = ["before noon", "in the rain", "with great care", "for the festival", "after the storm",
-        "near the river", "at the market", "during the winter", "without a word", "on the long road home",
-        "for the whole village", "with some help from friends", "in the early evening", "by the old mill"]
+SUBJ = [
+    "the farmer",
+    "a young teacher",
+    "the old sailor",
+    "my neighbour",
+    "the council",
+    "a small child",
+    "the doctor",
+    "our guide",
+    "the baker",
+    "a tired student",
+    "the engineer",
+    "her brother",
+    "the mayor",
+    "a quiet painter",
+    "the musician",
+    "his grandmother",
+    "the pilot",
+    "a curious reporter",
+]
+VERB = [
+    "carried",
+    "painted",
+    "repaired",
+    "described",
+    "found",
+    "borrowed",
+    "studied",
+    "cleaned",
+    "measured",
+    "sold",
+    "photographed",
+    "admired",
+    "ordered",
+    "explained",
+    "wrapped",
+    "delivered",
+    "opened",
+    "returned",
+]
+ADJ = [
+    "heavy",
+    "bright",
+    "wooden",
+    "ancient",
+    "fragile",
+    "enormous",
+    "simple",
+    "golden",
+    "narrow",
+    "noisy",
+    "careful",
+    "strange",
+    "gentle",
+    "broken",
+    "familiar",
+    "distant",
+    "useful",
+    "rare",
+]
+NOUN = [
+    "basket",
+    "bridge",
+    "letter",
+    "garden",
+    "window",
+    "engine",
+    "map",
+    "violin",
+    "lantern",
+    "ladder",
+    "carpet",
+    "clock",
+    "boat",
+    "recipe",
+    "painting",
+    "fence",
+    "kettle",
+    "notebook",
+    "harbour",
+    "mirror",
+]
+TAIL = [
+    "before noon",
+    "in the rain",
+    "with great care",
+    "for the festival",
+    "after the storm",
+    "near the river",
+    "at the market",
+    "during the winter",
+    "without a word",
+    "on the long road home",
+    "for the whole village",
+    "with some help from friends",
+    "in the early evening",
+    "by the old mill",
+]
 
 
 def sentence(rng: random.Random) -> str:
-    return (f"{rng.choice(SUBJ).capitalize()} {rng.choice(VERB)} the {rng.choice(ADJ)} {rng.choice(NOUN)} "
-            f"{rng.choice(TAIL)}.")
+    return (
+        f"{rng.choice(SUBJ).capitalize()} {rng.choice(VERB)} the {rng.choice(ADJ)} {rng.choice(NOUN)} "
+        f"{rng.choice(TAIL)}."
+    )
 
 
 def english_doc(rng: random.Random) -> str:
     """Plain English prose that passes the web quality rules."""
-    return "\n".join(" ".join(sentence(rng) for _ in range(rng.randint(4, 7))) for _ in range(rng.randint(3, 5)))
+    return "\n".join(
+        " ".join(sentence(rng) for _ in range(rng.randint(4, 7))) for _ in range(rng.randint(3, 5))
+    )
 
 
 def write_corpus(path: Path, n: int, seed: int = 0, corrupt_every: int = 0) -> dict:
@@ -55,10 +145,19 @@ def write_corpus(path: Path, n: int, seed: int = 0, corrupt_every: int = 0) -> d
             if corrupt_every and i % corrupt_every == corrupt_every - 1:
                 kind = counts["corrupt"] % 3
                 counts["corrupt"] += 1
-                f.write([b'{"text": "unterminated\n', b'{"text": "bad \xff\xfe bytes"}\n',
-                         b'{"title": "no text field"}\n'][kind])
+                f.write(
+                    [
+                        b'{"text": "unterminated\n',
+                        b'{"text": "bad \xff\xfe bytes"}\n',
+                        b'{"title": "no text field"}\n',
+                    ][kind]
+                )
                 continue
-            f.write((json.dumps({"text": english_doc(rng), "url": f"https://example.org/{seed}/{i}"}) + "\n").encode())
+            f.write(
+                (
+                    json.dumps({"text": english_doc(rng), "url": f"https://example.org/{seed}/{i}"}) + "\n"
+                ).encode()
+            )
     return counts
 
 
@@ -74,14 +173,16 @@ def test_end_to_end_with_one_percent_corrupt_records(tmp_path):
     rng = random.Random(7)
     base = english_doc(rng)
     extra = [
-        {"text": base},                                            # kept
-        {"text": "  " + base.replace(". ", ".  ") + "\n"},      # exact duplicate (normalised)
-        {"text": base.replace("the", "a", 1)},                     # near duplicate
+        {"text": base},  # kept
+        {"text": "  " + base.replace(". ", ".  ") + "\n"},  # exact duplicate (normalised)
+        {"text": base.replace("the", "a", 1)},  # near duplicate
         {"text": "Der schnelle braune Fuchs springt über den faulen Hund. " * 20},  # German
         {"text": english_doc(rng) + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit."},
         {"text": english_doc(rng), "license": "CC-BY-NC-4.0"},
-        {"text": english_doc(rng) + "\nWrite to someone@example.com for more details about it.",
-         "license": "CC-BY-SA-4.0"},
+        {
+            "text": english_doc(rng) + "\nWrite to someone@example.com for more details about it.",
+            "license": "CC-BY-SA-4.0",
+        },
     ]
     (corpus / "extra.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
     out = tmp_path / "data"
@@ -129,7 +230,7 @@ def test_end_to_end_with_one_percent_corrupt_records(tmp_path):
         assert len(toks) == side["splits"][split]["tokens"]
         assert int((toks == eos).sum()) == len(texts) == side["splits"][split]["documents"]
         offsets = shards.load_document_offsets(out, split)
-        first = bytes(toks[offsets[0]: offsets[1] - 1].astype(np.uint8)) if len(offsets) > 1 else None
+        first = bytes(toks[offsets[0] : offsets[1] - 1].astype(np.uint8)) if len(offsets) > 1 else None
         if first is not None:
             assert first.decode() == texts[0]
 
@@ -157,13 +258,22 @@ def test_conservation_check_fails_when_a_record_is_lost(tmp_path, monkeypatch):
     with pytest.raises(runner.ConservationError, match="20 records in"):
         runner.run([str(corpus)], tmp_path / "out", workers=1)
     with pytest.raises(runner.ConservationError):
-        runner.check_conservation({"documents_in": 10, "documents_kept": 5, "documents_dropped": {"x": 3},
-                                   "documents_quarantined": 1})
+        runner.check_conservation(
+            {
+                "documents_in": 10,
+                "documents_kept": 5,
+                "documents_dropped": {"x": 3},
+                "documents_quarantined": 1,
+            }
+        )
 
 
 def _all_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "acik.json"}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "acik.json"
+    }
 
 
 def test_sigkill_then_rerun_gives_the_same_bytes(tmp_path):
@@ -174,7 +284,19 @@ def test_sigkill_then_rerun_gives_the_same_bytes(tmp_path):
         write_corpus(path, 30, seed=i)
         inputs.append(str(path))
     killed = tmp_path / "killed" / "data"
-    cmd = [sys.executable, "-m", "acik", "data", "run", "--workers", "1", "--out", str(killed), "--input", *inputs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "acik",
+        "data",
+        "run",
+        "--workers",
+        "1",
+        "--out",
+        str(killed),
+        "--input",
+        *inputs,
+    ]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tasks = killed / runner.WORK / "tasks"
@@ -204,19 +326,37 @@ def test_cli_run_retokenize_and_recipe_errors(tmp_path, capsys):
     corpus = tmp_path / "c.jsonl"
     write_corpus(corpus, 40)
     out = tmp_path / "data"
-    assert cli.main(["data", "run", "--input", str(corpus), "--out", str(out), "--workers", "1",
-                     "--set", "tokenize.val_fraction=0.2"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "run",
+                "--input",
+                str(corpus),
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--set",
+                "tokenize.val_fraction=0.2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["documents_kept"] == 40 and summary["tokens_val"] > 0
-    before = {p: b for p, b in _all_bytes(out).items() if p.startswith("documents/") or p == "ledger.jsonl.zst"}
+    before = {
+        p: b for p, b in _all_bytes(out).items() if p.startswith("documents/") or p == "ledger.jsonl.zst"
+    }
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     rng = random.Random(1)
     tok.train_from_iterator([english_doc(rng) for _ in range(50)], trainer)
     tok_dir = tmp_path / "bpe"
@@ -230,7 +370,7 @@ def test_cli_run_retokenize_and_recipe_errors(tmp_path, capsys):
     train = [d["text"] for d in docs if shards.split_of(d["text"], 0.2) == "train"]
     toks = shards.load_tokens(out, "train")
     offsets = shards.load_document_offsets(out, "train")
-    assert tok.decode(toks[offsets[0]: offsets[1] - 1].tolist()) == train[0]
+    assert tok.decode(toks[offsets[0] : offsets[1] - 1].tolist()) == train[0]
     assert toks[offsets[1] - 1] == tok.token_to_id("<|endoftext|>")
     after = {p: b for p, b in _all_bytes(out).items() if p in before}
     assert after == before, "re-tokenizing must leave the kept documents and the ledger alone"
@@ -238,8 +378,21 @@ def test_cli_run_retokenize_and_recipe_errors(tmp_path, capsys):
     assert card["tokens"]["tokenizer_identity"] == side["tokenizer_identity"]
     assert verify(out) == []
 
-    assert cli.main(["data", "run", "--input", str(corpus), "--out", str(tmp_path / "x"),
-                     "--set", "c4.min_sentence=3"]) == 2
+    assert (
+        cli.main(
+            [
+                "data",
+                "run",
+                "--input",
+                str(corpus),
+                "--out",
+                str(tmp_path / "x"),
+                "--set",
+                "c4.min_sentence=3",
+            ]
+        )
+        == 2
+    )
     assert "unknown key 'min_sentence'" in capsys.readouterr().err
     assert cli.main(["data", "run", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -247,8 +400,14 @@ def test_cli_run_retokenize_and_recipe_errors(tmp_path, capsys):
 
 def test_python_env_with_the_docstring_recipe(tmp_path):
     recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "data_python_env.yaml"
-    recipe = load_data_recipe(recipe_path, ["python_env.stdlib_modules=[json, textwrap, argparse]",
-                                            "python_env.packages=[]", "python_env.pydoc_topics=false"])
+    recipe = load_data_recipe(
+        recipe_path,
+        [
+            "python_env.stdlib_modules=[json, textwrap, argparse]",
+            "python_env.packages=[]",
+            "python_env.pydoc_topics=false",
+        ],
+    )
     summary = runner.run(["python-env"], tmp_path / "py", recipe=recipe, workers=1)
     card = json.loads((tmp_path / "py" / "data_card.json").read_text())
     assert summary["documents_kept"] >= 3

@@ -90,7 +90,7 @@ class _Grams:
         out = np.zeros(m, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(n):
-                out = out * _MULT + self.ids[j: j + m] + np.uint64(1)
+                out = out * _MULT + self.ids[j : j + m] + np.uint64(1)
         return out
 
     def chars(self, n: int) -> np.ndarray:
