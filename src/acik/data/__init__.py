@@ -24,7 +24,7 @@ def run(
     )
 
 
-def tokenize(data_dir, tokenizer=None, workers: int | None = None) -> dict:
+def tokenize(data_dir, tokenizer=None) -> dict:
     """Re-tokenize a data directory's kept documents; see `acik.data.runner.retokenize`."""
     from acik.data.runner import retokenize
 

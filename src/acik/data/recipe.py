@@ -6,10 +6,11 @@ Defaults are the published ones (Gopher, C4, FineWeb, MinHash 14x8); the package
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acik.recipe import load_recipe
+from acik.recipe import apply_overrides, from_dict, load_recipe
 
 
 @dataclass
@@ -227,7 +228,11 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "data_defa
 def load_data_recipe(
     recipe: str | Path | DataRecipe | None = None, overrides: list[str] | None = None, **flags
 ) -> DataRecipe:
-    """A DataRecipe from None (the packaged default), a YAML path, or an instance (returned as is)."""
+    """A DataRecipe from None (packaged default), a YAML path or an instance, then `key=value` overrides."""
     if isinstance(recipe, DataRecipe):
-        return recipe
+        if not overrides and not flags:
+            return recipe
+        data = apply_overrides(dataclasses.asdict(recipe), overrides)
+        data.update({k: v for k, v in flags.items() if v is not None})
+        return from_dict(DataRecipe, data, where="settings")
     return load_recipe(DataRecipe, recipe or DEFAULT_RECIPE, overrides, **flags)
