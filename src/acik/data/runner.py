@@ -371,9 +371,12 @@ def run(
     kept_stats = _dedup_and_store(out, work, tasks, recipe)
     from acik.data.shards import tokenize_documents
 
-    tokens = (
-        tokenize_documents(out, tokenizer, recipe.tokenize, recipe.seed) if recipe.tokenize.enabled else None
-    )
+    tokens = None
+    if recipe.tokenize.enabled:
+        tokens = tokenize_documents(out, tokenizer, recipe.tokenize, recipe.seed)
+    else:  # shards from an earlier run into this directory would not match these documents
+        for name in ("tokens", "tokenizer"):
+            shutil.rmtree(out / name, ignore_errors=True)
     card = build_card(recipe, tasks, task_stats, kept_stats, tokens)
     check_conservation(card)
     if kept_stats["ledger_rows"] != card["documents_in"]:
