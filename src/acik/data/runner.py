@@ -301,13 +301,15 @@ def _execute_ray(pending: list[dict], recipe_dict: dict, work: Path, workers: in
 
 
 def _fingerprint(tasks: list[dict], recipe_dict: dict) -> str:
+    """What earlier task results depend on: plan, recipe, and the input and eval files' sizes and times."""
     from acik.manifest import canonical_json_hash
 
+    paths = [f for t in tasks if t["kind"] == "files" for f in t["files"]]
+    paths += list(recipe_dict["decontamination"]["eval_sets"])
     files = []
-    for t in tasks:
-        for f in t.get("files", []) if t["kind"] == "files" else []:
-            st = Path(f).stat()
-            files.append([f, st.st_size, st.st_mtime_ns])
+    for f in paths:
+        st = Path(f).stat() if Path(f).exists() else None
+        files.append([f, st.st_size if st else None, st.st_mtime_ns if st else None])
     return canonical_json_hash({"tasks": tasks, "recipe": recipe_dict, "files": files})
 
 
@@ -503,14 +505,17 @@ def _dedup_and_store(out: Path, work: Path, tasks: list[dict], recipe: DataRecip
 
 
 def _write_manifest(out: Path, recipe_dict: dict, recipe: DataRecipe, card: dict, tokenizer, command) -> None:
-    from acik.manifest import write_manifest
+    from acik.manifest import read_manifest, write_manifest
 
     parents = []
     tok = card.get("tokens")
     if tok:
+        parent = {"role": "tokenizer"}
+        if tokenizer and (Path(tokenizer) / "acik.json").exists():
+            parent["directory_hash"] = read_manifest(tokenizer)["directory_hash"]
         parents.append(
             {
-                "role": "tokenizer",
+                **parent,
                 "path": str(tokenizer) if tokenizer else "acik:byte-level",
                 "tokenizer_identity": tok["tokenizer_identity"],
             }
