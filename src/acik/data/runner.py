@@ -179,7 +179,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
         stats["records_in"] += 1
         stats["bytes_in"] += rec.get("bytes", 0)
         result = process_record(rec, recipe, ctx)
-        if result is None:
+        if result is None:  # a lost record; check_task below reports it with the counts
             continue
         outcome, row = result
         if outcome == "kept":
