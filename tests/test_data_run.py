@@ -225,6 +225,8 @@ def test_end_to_end_with_one_percent_corrupt_records(tmp_path):
     for d in docs:
         by_split[shards.split_of(d["text"], 0.01)].append(d["text"])
     assert len(by_split["val"]) >= 1
+    assert [d["text"] for d in shards.read_documents(out, "val")] == by_split["val"]
+    assert len(list(shards.read_documents(out))) == len(docs)
     for split, texts in by_split.items():
         toks = shards.load_tokens(out, split)
         assert len(toks) == side["splits"][split]["tokens"]
