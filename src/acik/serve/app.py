@@ -63,7 +63,6 @@ class _State:
         self.metrics = Metrics()
         self.created = int(time.time())
         self.in_flight = 0
-        self.stop_ids = set(getattr(tokenizer, "stop_token_ids", None) or [])
         self._piece_cache: dict[int, str] = {}
 
     def piece(self, token_id: int) -> str:
@@ -297,7 +296,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         return room if requested is None else min(requested, room)
 
     def engine_request(body: Any, prompt_ids: list[int], max_new: int, logprobs: int | None,
-                       prompt_logprobs: bool = False) -> Any:
+                       prompt_logprobs: bool = False, skip_special_tokens: bool = True) -> Any:
         from acik.engine import Request as EngineRequest
 
         seed = None if body.seed is None else body.seed % (2**63)
@@ -309,7 +308,8 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
             min_p=body.min_p or 0.0, repetition_penalty=body.repetition_penalty or 1.0,
             frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
             seed=seed, stop=_stop_list(body.stop), stop_token_ids=list(body.stop_token_ids or []),
-            logprobs=logprobs is not None, top_logprobs=logprobs or 0, prompt_logprobs=prompt_logprobs)
+            logprobs=logprobs is not None, top_logprobs=logprobs or 0, prompt_logprobs=prompt_logprobs,
+            skip_special_tokens=skip_special_tokens)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -341,7 +341,10 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         admit()
         state.in_flight += 1
         try:
-            gen = _Generation(state, engine_request(body, prompt_ids, max_new, top), request)
+            # Harmony's channel markers are special tokens; the parser needs to see them.
+            harmony = bool(getattr(tokenizer, "is_harmony", False))
+            gen = _Generation(state, engine_request(body, prompt_ids, max_new, top, skip_special_tokens=not harmony),
+                              request)
         except BaseException:
             state.in_flight -= 1
             raise
@@ -373,8 +376,6 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
 
         def feed(self, ev: Any) -> tuple[str, str]:
             text = ev.text or ""
-            if ev.token_id is not None and ev.token_id in state.stop_ids and self.harmony is None:
-                text = ""
             if self.harmony is None:
                 return self.filter.feed(text), ""
             content, reasoning = [], []
@@ -568,10 +569,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         finish = None
         async with aclosing(gen.events()) as events:
             async for ev in events:
-                piece = ev.text or ""
-                if ev.token_id is not None and ev.token_id in state.stop_ids:
-                    piece = ""
-                texts.append(filt.feed(piece))
+                texts.append(filt.feed(ev.text or ""))
                 if ev.token_id is not None and body.logprobs is not None:
                     tokens.append(state.piece(ev.token_id))
                     lps.append(ev.logprob)
@@ -617,8 +615,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
                 finish = None
                 async with aclosing(gen.events()) as events:
                     async for ev in events:
-                        piece = "" if ev.token_id in state.stop_ids else (ev.text or "")
-                        text = filt.feed(piece)
+                        text = filt.feed(ev.text or "")
                         lp = None
                         if body.logprobs is not None and ev.token_id is not None:
                             tok = state.piece(ev.token_id)

@@ -49,6 +49,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     kind = first.get("type", "")
     if kind == "json_invalid":
         return "the request body is not valid JSON", None
+    if not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "the request body must be a JSON object (send Content-Type: application/json)", None
     if kind == "missing":
         return f"missing required parameter: '{param}'", param
     msg = first.get("msg", "invalid value")
