@@ -202,15 +202,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
 
-    @app.middleware("http")
-    async def _headers_and_counts(request: Request, call_next):
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            response.headers.setdefault(k, v)
-        path = request.url.path
-        if path.startswith("/v1/"):
-            state.metrics.request(path, response.status_code)
-        return response
+    app.add_middleware(_HeadersAndCounts, metrics=state.metrics)
 
     def check_key(request: Request) -> None:
         if not config.api_key:
@@ -641,6 +633,35 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
                 g.cancel()
 
     return app
+
+
+class _HeadersAndCounts:
+    """Adds the security headers to every response and counts API responses by status.
+
+    A plain ASGI middleware: starlette's BaseHTTPMiddleware wraps `receive` so that it reports a
+    disconnect while a streamed response is still going, which would cancel live generations."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
+                         if k.lower().encode() not in present]
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+                if path.startswith("/v1/"):
+                    self.metrics.request(path, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _finish(reason: str | None) -> str:

@@ -115,10 +115,9 @@ class OutputFilter:
         self.seen = ""  # everything received, for blocked-pattern checks across chunk boundaries
         self.blocked = False
 
-    def _check_blocked(self) -> bool:
-        if not self.blocked and any(p.search(self.seen) for p in self.policy.output_blocked):
-            self.blocked = True
-        return self.blocked
+    def _blocked_at(self) -> int | None:
+        starts = [m.start() for p in self.policy.output_blocked if (m := p.search(self.seen))]
+        return min(starts) if starts else None
 
     def feed(self, delta: str) -> str:
         if self.blocked or not delta:
@@ -127,9 +126,13 @@ class OutputFilter:
             return delta
         self.seen += delta
         self.pending += delta
-        if self._check_blocked():
-            self.pending = ""
-            return ""
+        at = self._blocked_at()
+        if at is not None:
+            # Show what came before the blocked text, nothing from it on.
+            self.blocked = True
+            released = len(self.seen) - len(self.pending)
+            out, self.pending = self.pending[:max(0, at - released)], ""
+            return self.policy.redact_text(out)
         cut = len(self.pending) - self.policy.hold
         if cut <= 0:
             return ""
