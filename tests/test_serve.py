@@ -372,6 +372,9 @@ def test_policy_in_server(llm):
 # -- resources ------------------------------------------------------------------------------------------------
 def test_disconnect_frees_slot_within_one_step(model_dir):
     llm = acik.load(model_dir)
+    prompt = "hello"
+    # Greedy, so the run is known not to stop early on its own.
+    assert not set(greedy(llm, llm.tokenizer.encode(prompt), 30)) & set(llm.tokenizer.stop_token_ids)
     forward = llm.model.forward
 
     def slow_forward(*args, **kwargs):  # make one decode step long enough to count steps against
@@ -382,7 +385,7 @@ def test_disconnect_frees_slot_within_one_step(model_dir):
     app = build_app(ServeSettings(model=str(model_dir), max_batch_size=2), llm=llm)
     engine = app.state.acik.engine
     with LiveServer(app) as s:
-        body = {"model": MODEL, "prompt": "hello", "max_tokens": 400, "stream": True, "temperature": 1.0}
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 400, "stream": True, "temperature": 0}
         with httpx.stream("POST", s.url + "/v1/completions", json=body) as r:
             lines = r.iter_lines()
             got = 0
