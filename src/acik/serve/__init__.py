@@ -107,6 +107,11 @@ def _cmd_serve(args: Any) -> int:
                            max_seq_len=args.max_seq_len, device=args.device, dtype=args.dtype, policy=args.policy,
                            cors_origins=args.cors_origin)
     check_exposure(settings)
+    # The engine thread makes many short torch calls, each releasing and retaking the GIL, while the
+    # event loop formats and sends tokens. With Python's default 5 ms switch interval the engine can
+    # wait that long for the GIL after every call; 1 ms keeps decode steps close to their in-process
+    # speed under load (see docs/benchmarks.md, Serving).
+    sys.setswitchinterval(0.001)
     app = build_app(settings)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"acik serve: {app.state.acik.config.model_name} on http://{shown}:{settings.port}/ "
