@@ -10,6 +10,7 @@ present) is being prefilled. When a row leaves, the last decoding row moves into
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class Engine:
 
     # -- public API -------------------------------------------------------------------------------
     def submit(self, request: Request) -> Handle:
+        request = dataclasses.replace(request, prompt_ids=list(request.prompt_ids))
         self._validate(request)
         handle = Handle(request, self)
         if self._closed:
