@@ -59,14 +59,15 @@ class LiveServer:
 
 
 class ScriptedEngine:
-    """Follows acik.engine.Engine's contract but replies with fixed text, one character per token:
-    for tests of the page and of the policy, where the reply's content must be known."""
+    """Follows acik.engine.Engine's contract but replies with fixed text, one character (or one given
+    piece) per token: for tests of the page and of the policy, where the reply's content must be known."""
 
-    def __init__(self, reply: str, delay: float = 0.0):
+    def __init__(self, reply: str | list[str], delay: float = 0.0):
         self.reply = reply
         self.delay = delay
         self.max_seq_len = 512
         self.requests = []
+        self.closed = False
 
     def submit(self, request):
         self.requests.append(request)
@@ -76,7 +77,7 @@ class ScriptedEngine:
         return dict(active=0, queued=0, free_slots=1, steps=0)
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 class _ScriptedHandle:
@@ -96,7 +97,8 @@ class _ScriptedHandle:
 
     def __iter__(self):
         limit = self.request.max_new_tokens
-        text = self.engine.reply if limit is None else self.engine.reply[:limit]
+        pieces = list(self.engine.reply) if isinstance(self.engine.reply, str) else self.engine.reply
+        text = pieces if limit is None else pieces[:limit]
         for i, ch in enumerate(text):
             if self.cancelled:
                 yield self._event(None, "", finish_reason="cancelled")
@@ -104,8 +106,8 @@ class _ScriptedHandle:
             time.sleep(self.engine.delay)
             self.completion_tokens += 1
             last = i == len(text) - 1
-            reason = ("stop" if len(text) == len(self.engine.reply) else "length") if last else None
-            yield self._event(ord(ch) % 256, ch, finish_reason=reason)
+            reason = ("stop" if len(text) == len(pieces) else "length") if last else None
+            yield self._event(ord(ch[0]) % 256, ch, finish_reason=reason)
 
 
 def torch_threads() -> None:

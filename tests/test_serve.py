@@ -6,6 +6,7 @@ greedy loop over the model's forward for generated text, and the model's own log
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
@@ -407,3 +408,71 @@ def test_disconnect_frees_slot_within_one_step(model_dir):
         assert httpx.post(s.url + "/v1/completions", json={**body, "stream": False, "max_tokens": 2}).status_code \
             == 200
 
+
+
+class HarmonyTokenizer:
+    """acik's byte tokenizer dressed as a gpt-oss one: enough for the server's harmony path."""
+
+    is_harmony = True
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.stop_token_ids = tok.stop_token_ids
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tools=None, tokenize=False, **kw):
+        return "".join(f"<|start|>{m['role']}<|message|>{m['content']}<|end|>" for m in messages) + "<|start|>assistant"
+
+    def encode(self, text, add_special_tokens=True):
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def test_harmony_reasoning_goes_apart(llm):
+    pieces = ["<|channel|>", "analysis", "<|message|>", "Two ", "plus two.", "<|end|>", "<|start|>", "assistant",
+              "<|channel|>", "final", "<|message|>", "It is ", "4."]
+    engine = ScriptedEngine(pieces)
+    app = create_app(engine, HarmonyTokenizer(llm.tokenizer), ServerConfig(MODEL, 512, 260))
+    with LiveServer(app) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "2+2?"}])
+        msg = r.choices[0].message
+        assert msg.content == "It is 4." and msg.model_extra["reasoning_content"] == "Two plus two."
+        chunks = list(c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "2+2?"}],
+                                                stream=True))
+        deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+        assert "".join(d.content or "" for d in deltas) == "It is 4."
+        assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "Two plus two."
+        assert not engine.requests[0].skip_special_tokens  # the parser needs the channel markers
+        # Output that is not harmony at all still reaches the client.
+        engine.reply = "plain words"
+        r = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "plain words"
+
+
+def test_shutdown_ends_streams_and_closes_engine(llm):
+    engine = ScriptedEngine("x" * 2000, delay=0.01)
+    app = create_app(engine, llm.tokenizer, ServerConfig(MODEL, 4096, 260))
+    server = LiveServer(app).__enter__()
+    lines: list[str] = []
+    done = threading.Event()
+
+    def stream():
+        try:
+            with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=30,
+                              json={"model": MODEL, "messages": MESSAGES, "stream": True}) as r:
+                for line in r.iter_lines():
+                    lines.append(line)
+        except httpx.HTTPError:
+            pass
+        done.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    while len(lines) < 5:
+        time.sleep(0.01)
+    start = time.time()
+    server.__exit__(None, None, None)  # graceful: 2 s for in-flight requests, then cancel them
+    assert done.wait(10) and time.time() - start < 8
+    assert engine.closed and engine.requests and app.state.acik.in_flight == 0

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_helpers import LiveServer, ScriptedEngine
 
 from acik.serve import ServerConfig, create_app
 from acik.tokenizer import load_tokenizer, save_byte_tokenizer
+from serve_helpers import LiveServer, ScriptedEngine
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 XSS = '<img src=x onerror="window.__pwned=1">'

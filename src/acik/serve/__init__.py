@@ -59,22 +59,6 @@ def check_exposure(settings: ServeSettings) -> None:
                          "(--api-key KEY or ACIK_API_KEY) or pass --insecure-no-auth if you really mean it")
 
 
-def resolve_model_dir(name: str) -> Path:
-    """A model directory, or a Hugging Face repo id already in the local cache (never downloaded here)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if "/" in name and not path.exists():
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(name, local_files_only=True))
-        except Exception:
-            pass
-    raise ServeError(f"{name}: no such model directory (and not a Hugging Face repo in the local cache); "
-                     f"download it first, e.g. `huggingface-cli download {name}`")
-
-
 def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     """Load the model (unless `llm` is given), start its engine and return the FastAPI app."""
     import acik
@@ -83,7 +67,9 @@ def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     if not settings.model and llm is None:
         raise ServeError("give a model directory: acik serve DIR")
     if llm is None:
-        llm = acik.load(resolve_model_dir(settings.model), device=settings.device, dtype=settings.dtype)
+        from acik.engine.generate import resolve_model
+
+        llm = acik.load(resolve_model(settings.model), device=settings.device, dtype=settings.dtype)
     tokenizer = llm.tokenizer  # fails early, with the fix in the message, if the directory has none
     policy = Policy.load(settings.policy) if settings.policy else Policy()
     engine = Engine(llm, max_batch_size=settings.max_batch_size, max_seq_len=settings.max_seq_len,
@@ -127,7 +113,8 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("serve", help="serve a model: OpenAI-compatible API and a web chat page",
                               description="Serve a model directory on this machine: the OpenAI API at /v1 and a "
                               "chat page at /. Binds 127.0.0.1 unless told otherwise.")
-    p.add_argument("model", nargs="?", default=None, help="model directory (or a cached Hugging Face repo id)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model directory, or a Hub repo id fetched earlier with `acik pull`")
     p.add_argument("--recipe", help="YAML file with these settings")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")

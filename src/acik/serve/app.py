@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from acik.harmony import HarmonyError
 from acik.serve.errors import APIError, install_handlers
 from acik.serve.metrics import Metrics
 from acik.serve.policy import Policy
@@ -360,6 +361,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
 
         def __init__(self) -> None:
             self.harmony = None
+            self.sent = False
             if getattr(tokenizer, "is_harmony", False):
                 from acik.harmony import HarmonyStream
 
@@ -371,11 +373,19 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
             if self.harmony is None:
                 return self.filter.feed(text), ""
             content, reasoning = [], []
-            for channel, _recipient, delta in self.harmony.feed(text):
+            try:
+                events = self.harmony.feed(text)
+            except HarmonyError:  # not (yet) well-formed; the text waits in the parser
+                events = []
+            for channel, _recipient, delta in events:
+                self.sent = True
                 (reasoning if channel == "analysis" else content).append(delta)
             return self.filter.feed("".join(content)), config.policy.redact_text("".join(reasoning))
 
         def finish(self) -> str:
+            if self.harmony is not None and not self.sent:
+                # The model never produced parseable harmony: show what it wrote rather than nothing.
+                return self.filter.feed(self.harmony.text) + self.filter.finish()
             return self.filter.finish()
 
         @property
