@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
@@ -105,17 +106,23 @@ class _Generation:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
+        def put(item: Any) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                return True
+            except RuntimeError:  # the loop is closed (shutdown): nobody is listening any more
+                self.cancel()
+                return False
+
         def pump() -> None:
             try:
                 for ev in self.handle:
-                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+                    if not put(ev):
+                        return
             except BaseException as e:  # surfaced on the event loop, where it becomes a response
-                loop.call_soon_threadsafe(queue.put_nowait, e)
+                put(e)
             finally:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-                except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-                    pass
+                put(_DONE)
 
         threading.Thread(target=pump, name="acik-serve-pump", daemon=True).start()
         watcher = asyncio.create_task(self._watch_disconnect()) if self.http_request is not None else None
@@ -130,6 +137,9 @@ class _Generation:
                     if isinstance(ev, ValueError):
                         raise APIError(400, str(ev))
                     raise ev
+                if ev.logprob is not None:
+                    ev.logprob = _finite(ev.logprob)
+                    ev.top_logprobs = [(t, _finite(v)) for t, v in ev.top_logprobs]
                 if ev.token_id is not None:
                     self.completion_tokens += 1
                     if self.first_token is None:
@@ -342,17 +352,9 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
             state.in_flight -= 1
             raise
         if body.stream:
-            return StreamingResponse(_release(_chat_stream(gen, cid, include_usage, top)),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return _Stream(_chat_stream(gen, cid, include_usage, top), [gen], state)
         try:
             return JSONResponse(await _chat_full(gen, cid, top))
-        finally:
-            state.in_flight -= 1
-
-    async def _release(stream: AsyncIterator[str]) -> AsyncIterator[str]:
-        try:
-            async for chunk in stream:
-                yield chunk
         finally:
             state.in_flight -= 1
 
@@ -532,8 +534,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
             state.in_flight -= 1
             raise
         if body.stream:
-            return StreamingResponse(_release(_completion_stream(gens, encoded, prompts, body, cid, include_usage)),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return _Stream(_completion_stream(gens, encoded, prompts, body, cid, include_usage), gens, state)
         try:
             results = await asyncio.gather(*(_completion_one(g, i, ids, p, body)
                                              for i, (g, ids, p) in enumerate(zip(gens, encoded, prompts))))
@@ -548,7 +549,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
 
     def _prompt_logprobs(gen: _Generation, ids: list[int], n: int) -> tuple[list, list, list]:
         """Echoed prompt tokens with their logprobs (the first has none: nothing comes before it)."""
-        scores = list(getattr(gen.handle, "prompt_logprobs", None) or [None] * len(ids))
+        scores = [_finite(x) for x in (getattr(gen.handle, "prompt_logprobs", None) or [None] * len(ids))]
         tops_src = getattr(gen.handle, "prompt_top_logprobs", None)
         tokens = [state.piece(t) for t in ids]
         tops: list[dict[str, float] | None] = []
@@ -559,7 +560,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
             d: dict[str, float] = {}
             if tops_src is not None and tops_src[i]:
                 for tt, tlp in tops_src[i][:n]:
-                    d[state.piece(tt)] = tlp
+                    d[state.piece(tt)] = _finite(tlp)
             d.setdefault(state.piece(t), lp)
             tops.append(d)
         return tokens, scores, tops
@@ -672,6 +673,29 @@ class _HeadersAndCounts:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class _Stream(StreamingResponse):
+    """An SSE response that, however it ends (done, client gone, server shutting down, even before
+    the first chunk), cancels its generations and gives back its admission slot."""
+
+    def __init__(self, content: AsyncIterator[str], gens: list[_Generation], state: _State):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.gens = gens
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for g in self.gens:
+                g.cancel()
+            self.state.in_flight -= 1
+
+
+def _finite(x: float | None) -> float | None:
+    # JSON has no -Infinity; OpenAI reports impossible tokens as -9999.
+    return x if x is None or math.isfinite(x) else -9999.0
 
 
 def _finish(reason: str | None) -> str:
