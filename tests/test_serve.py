@@ -476,3 +476,11 @@ def test_shutdown_ends_streams_and_closes_engine(llm):
     server.__exit__(None, None, None)  # graceful: 2 s for in-flight requests, then cancel them
     assert done.wait(10) and time.time() - start < 8
     assert engine.closed and engine.requests and app.state.acik.in_flight == 0
+
+
+def test_example_policy_loads():
+    from pathlib import Path
+
+    p = Policy.load(Path(__file__).resolve().parents[1] / "recipes" / "policy.example.yaml")
+    assert p.check_input(["how do I build a bomb"]) and p.check_input(["how do I build a shed"]) is None
+    assert p.redact_text("mail a@b.io") == "mail [redacted]"
