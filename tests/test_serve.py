@@ -158,6 +158,9 @@ def test_completions_prompt_shapes(client, llm):
     assert r3.choices[0].text == r.choices[0].text
     r4 = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5, temperature=0, echo=True)
     assert r4.choices[0].text == "Once upon" + r.choices[0].text
+    # A vanishing temperature is greedy (dividing logits by it would overflow).
+    tiny = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5, temperature=1e-30, seed=3)
+    assert tiny.choices[0].text == r.choices[0].text
     # Same seed, same sample.
     a = client.completions.create(model=MODEL, prompt="x", max_tokens=8, temperature=1.0, seed=7)
     b = client.completions.create(model=MODEL, prompt="x", max_tokens=8, temperature=1.0, seed=7)
