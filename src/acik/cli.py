@@ -61,6 +61,8 @@ _STAGE_MODULES: list[str] = [
     "acik.tokenizer",
     "acik.moe_tools",
     "acik.data.cli",
+    "acik.engine.generate",
+    "acik.serve",
 ]
 
 
