@@ -267,3 +267,29 @@ def test_data_directory_with_another_tokenizer_is_refused(tmp_path, monkeypatch)
     loaded = load_data(data_dir)
     assert loaded.tokenizer_dir == data_dir / "tokenizer" and len(loaded.val) == 500
     assert load_data(data_dir, tokenizer_dir=data_tok).vocab_size == 260
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_torchrun_matches_one_process_and_resumes_in_one(tmp_path, text_file, parallel):
+    """2 processes (gloo, CPU) == 1 process within 1e-5; a 2-process checkpoint resumes in 1 process."""
+    import yaml
+
+    recipe = tmp_path / "micro.yaml"
+    recipe.write_text(yaml.safe_dump({**{k: v for k, v in MICRO.items() if k != "progress"}, "max_steps": 4}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "acik", "train",
+           "--recipe", str(recipe), "--data", str(text_file), "--out", str(tmp_path / "two"), "--quiet",
+           "--set", f"parallel={parallel}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = load_recipe(TrainSettings, recipe, data=str(text_file), progress=False)
+    pretrain(s, tmp_path / "one")
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0)
+    assert torch.load(tmp_path / "two" / "checkpoints" / "step_00000002" / "train_state.pt",
+                      weights_only=True)["world_size"] == 2
+    pretrain(s, tmp_path / "two", resume=str(tmp_path / "two" / "checkpoints" / "step_00000002"))
+    for k in one:
+        torch.testing.assert_close(weights(tmp_path / "two")[k], one[k], atol=1e-5, rtol=0)
