@@ -293,3 +293,36 @@ def test_two_process_torchrun_matches_one_process_and_resumes_in_one(tmp_path, t
     pretrain(s, tmp_path / "two", resume=str(tmp_path / "two" / "checkpoints" / "step_00000002"))
     for k in one:
         torch.testing.assert_close(weights(tmp_path / "two")[k], one[k], atol=1e-5, rtol=0)
+
+
+def test_bpe_tokenizer_and_several_text_files(tmp_path):
+    """The small recipe's inputs: a BPE tokenizer directory and a list of text files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from acik.tokenizer import tokenizer_config
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(TEXT)
+    b.write_text(TEXT.upper())
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([str(a), str(b)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    tok.save(str(tok_dir / "tokenizer.json"))
+    (tok_dir / "tokenizer_config.json").write_text(__import__("json").dumps(tokenizer_config()))
+    s = load_recipe(TrainSettings, REPO / "recipes" / "small.yaml",
+                    [f"model_config={MICRO['model_config']}", "max_steps=2", "seq_len=16", "batch_size=2",
+                     "eval_every=0", "checkpoint_every=0"], progress=False)
+    s.data, s.tokenizer = [str(a), str(b)], str(tok_dir)
+    pretrain(s, tmp_path / "run")
+    import acik
+
+    llm = acik.load(tmp_path / "run" / "model")
+    assert llm.config.vocab_size == tok.get_vocab_size()
+    assert Tokenizer.from_file(str(tmp_path / "run" / "model" / "tokenizer.json")).get_vocab_size() == 300
+    manifest = __import__("json").loads((tmp_path / "run" / "model" / "acik.json").read_text())
+    roles = [p["role"] for p in manifest["parents"]]
+    assert roles == ["data", "data", "tokenizer"]

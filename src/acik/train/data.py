@@ -66,32 +66,38 @@ def encode_text(text: str, tokenizer_dir: Path | None) -> np.ndarray:
     return np.asarray(ids, dtype=dtype)
 
 
-def load_data(path: str | Path, tokenizer_dir: str | Path | None = None, val_fraction: float = 0.1) -> TokenData:
-    """Load a data directory (with `train`/`val` splits and its own tokenizer) or a raw text file.
+def load_data(path: str | Path | list[str | Path], tokenizer_dir: str | Path | None = None,
+              val_fraction: float = 0.1) -> TokenData:
+    """Load a data directory (with `train`/`val` splits and its own tokenizer) or raw text file(s).
 
-    A raw text file is tokenized with `tokenizer_dir` (default: the byte-level tokenizer) and its
-    last `val_fraction` is held out for validation.
+    Raw text is tokenized with `tokenizer_dir` (default: the byte-level tokenizer) and the last
+    `val_fraction` of each file is held out for validation.
     """
-    path = Path(path)
     tok = Path(tokenizer_dir) if tokenizer_dir else None
-    if path.is_dir():
-        return _load_data_dir(path, tok)
-    if not path.is_file():
-        raise DataError(f"--data {path}: no such file or directory (give a data directory from `acik data` "
-                        "or a UTF-8 text file)")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    ids = encode_text(text, tok)
-    n_val = max(int(len(ids) * val_fraction), 1)
-    parents = [_text_parent(path)]
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    if len(paths) == 1 and paths[0].is_dir():
+        return _load_data_dir(paths[0], tok)
+    trains, vals, parents = [], [], []
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"--data {p}: no such file or directory (give a data directory from `acik data` "
+                            "or UTF-8 text files)")
+        ids = encode_text(p.read_text(encoding="utf-8", errors="replace"), tok)
+        n_val = max(int(len(ids) * val_fraction), 1)
+        trains.append(ids[:-n_val])
+        vals.append(ids[-n_val:])
+        parents.append(_text_parent(p))
     if tok is not None:
         parents.append({"role": "tokenizer", "path": str(tok), "tokenizer_identity": tokenizer_identity(tok)})
-    vocab = _vocab_size(tok)
-    return TokenData(ids[:-n_val], ids[-n_val:], tok, path, parents, vocab)
+    return TokenData(np.concatenate(trains), np.concatenate(vals), tok, paths[0], parents, _vocab_size(tok))
 
 
 def _vocab_size(tokenizer_dir: Path | None) -> int:
     if tokenizer_dir is None:
         return 260
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise DataError(f"tokenizer {tokenizer_dir}: no tokenizer.json there (train one with "
+                        "`acik tokenizer train`, or leave 'tokenizer' unset for byte level)")
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()

@@ -42,7 +42,7 @@ class TrainSettings:
     model: str | None = "tiny"
     model_config: dict[str, Any] = field(default_factory=dict)
     # Data: a data directory from `acik data`, or a UTF-8 text file (byte-level unless `tokenizer`).
-    data: str | None = None
+    data: str | list[str] | None = None  # a list: several text files, each with its own held-out tail
     tokenizer: str | None = None  # tokenizer directory; a data directory brings its own
     val_fraction: float = 0.1  # raw text only: the tail held out for validation
     seq_len: int = 256

@@ -87,6 +87,12 @@ def pretrain(settings: TrainSettings, run_dir: str | Path, *, resume: str | None
         micro = check_batch(s, d.world_size)
         data = load_data(s.data, s.tokenizer, s.val_fraction)
         cfg = model_config(s, data.vocab_size)
+        if cfg.num_experts:
+            try:
+                import acik.model.moe  # noqa: F401
+            except ImportError:
+                raise TrainError("this recipe's model has experts (num_experts > 0), but this acik has no MoE "
+                                 "layer (acik.model.moe); install an acik with MoE support") from None
         torch.manual_seed(s.seed)
         model = Transformer(cfg)
         model.init_weights(s.seed)
