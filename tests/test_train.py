@@ -326,3 +326,18 @@ def test_bpe_tokenizer_and_several_text_files(tmp_path):
     manifest = __import__("json").loads((tmp_path / "run" / "model" / "acik.json").read_text())
     roles = [p["role"] for p in manifest["parents"]]
     assert roles == ["data", "data", "tokenizer"]
+
+
+def test_activation_checkpointing_gives_the_same_weights(tmp_path, text_file):
+    pretrain(settings(text_file, max_steps=3, checkpoint_every=0), tmp_path / "a")
+    pretrain(settings(text_file, max_steps=3, checkpoint_every=0, activation_checkpointing=True), tmp_path / "b")
+    for k, v in weights(tmp_path / "a").items():
+        torch.testing.assert_close(weights(tmp_path / "b")[k], v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path, text_file):
+    pretrain(settings(text_file, max_steps=3, checkpoint_every=0), tmp_path / "a")
+    pretrain(settings(text_file, max_steps=3, checkpoint_every=0, compile=True), tmp_path / "b")
+    for k, v in weights(tmp_path / "a").items():
+        torch.testing.assert_close(weights(tmp_path / "b")[k], v, atol=1e-4, rtol=0)
