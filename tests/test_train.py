@@ -341,3 +341,26 @@ def test_compile_trains_like_eager(tmp_path, text_file):
     pretrain(settings(text_file, max_steps=3, checkpoint_every=0, compile=True), tmp_path / "b")
     for k, v in weights(tmp_path / "a").items():
         torch.testing.assert_close(weights(tmp_path / "b")[k], v, atol=1e-4, rtol=0)
+
+
+def test_moe_model_trains_with_router_losses(tmp_path, text_file):
+    from acik.model.moe import MoE
+
+    cfg = {**MICRO["model_config"], "num_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.5,
+           "router_z_loss_coef": 0.01, "model_type": "mixtral"}
+    r = pretrain(settings(text_file, model_config=cfg, max_steps=12, lr=3e-3, checkpoint_every=0), tmp_path / "moe")
+    import acik
+
+    model = acik.load(tmp_path / "moe" / "model").model
+    assert any(isinstance(m, MoE) for m in model.modules()) and r.final_loss < 5.0
+    # The hook sees the layers' losses and weighs them with the config's coefficients.
+    from acik.config import ModelConfig
+    from acik.model import Transformer
+    from acik.train.loop import moe_aux_loss
+
+    model = Transformer(ModelConfig(**{**cfg, "vocab_size": 260}))
+    model(torch.randint(0, 256, (2, 16)))
+    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    expected = 0.5 * torch.stack([m.last_aux_loss for m in layers]).mean() + 0.01 * torch.stack(
+        [m.last_z_loss for m in layers]).mean()
+    torch.testing.assert_close(moe_aux_loss(model), expected)
