@@ -9,8 +9,10 @@
     finishes its learning-rate schedule inside the budget. Both are scored on the same validation windows.
 (b) Training tokens/s (forward, backward, AdamW step) of one Llama-architecture config in acik and in
     transformers' LlamaForCausalLM, both in a plain loop, median of several alternating runs.
+(c) With --moe-run RUN (a run of recipes/small-moe.yaml): the elastic-experts table, validation
+    perplexity and forward tokens/s with all experts, the most used half (acik moe-shrink), and top-1.
 
-    python benchmarks/train.py [--budget 180] [--threads 2] [--compile] [--skip-a] [--skip-b]
+    python benchmarks/train.py [--budget 180] [--threads 2] [--compile] [--skip-a] [--skip-b] [--moe-run RUN]
 """
 
 from __future__ import annotations
@@ -193,6 +195,45 @@ def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
                     "1.00x")]
 
 
+def bench_moe(run_dir: Path, repeats: int = 3) -> list[tuple]:
+    """Elastic experts on a model trained by recipes/small-moe.yaml: validation perplexity and forward
+    tokens/s with all experts, half of them (acik moe-shrink, calibrated on training text), and top-1."""
+    import json
+
+    import acik
+    from acik.moe_tools import shrink
+    from acik.train.data import load_data
+
+    recipe = json.loads((run_dir / "model" / "acik.json").read_text())["recipe"]
+    data = load_data(recipe["data"], recipe["tokenizer"], recipe["val_fraction"])
+    seq = recipe["seq_len"]
+    x, y = val_windows(data.val, seq, 32)
+    calib = data.train[:32768].astype(np.int64).tolist()
+
+    def measure(llm) -> tuple[str, str]:
+        model = llm.model.eval()
+        loss = val_loss(lambda t: model(t), x, y)
+        times = []
+        with torch.no_grad():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x[:8])
+                times.append(time.perf_counter() - t0)
+        return f"{math.exp(loss):.2f}", f"{8 * seq / statistics.median(times):,.0f}"
+
+    rows = []
+    full = acik.load(run_dir / "model")
+    e, k = full.config.num_experts, full.config.num_experts_per_tok
+    rows.append((f"all {e} experts, top-{k}", *measure(full)))
+    half = acik.load(run_dir / "model")
+    shrink(half, e // 2, calib, seq)
+    rows.append((f"{e // 2} most used experts (moe-shrink), top-{half.config.num_experts_per_tok}", *measure(half)))
+    top1 = acik.load(run_dir / "model")
+    top1.config.num_experts_per_tok = 1
+    rows.append((f"all {e} experts, top-1", *measure(top1)))
+    return rows
+
+
 def table(header: tuple, rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -208,6 +249,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time acik with torch.compile in (b)")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--skip-b", action="store_true")
+    p.add_argument("--moe-run", help="(c) elastic-experts table for a run of recipes/small-moe.yaml")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
@@ -220,6 +262,9 @@ def main() -> None:
         print("\n(b) training throughput, same Llama config (median of alternating runs)\n")
         rows = bench_b(args.steps, args.repeats, args.compile)
         print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), rows))
+    if args.moe_run:
+        print("\n(c) elastic experts: validation perplexity and forward tokens/s\n")
+        print(table(("experts", "val perplexity", "tokens/s"), bench_moe(Path(args.moe_run))))
 
 
 if __name__ == "__main__":
