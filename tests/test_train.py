@@ -359,6 +359,7 @@ def test_moe_model_trains_with_router_losses(tmp_path, text_file):
     from acik.train.loop import moe_aux_loss
 
     model = Transformer(ModelConfig(**{**cfg, "vocab_size": 260}))
+    model.init_weights(0)
     model(torch.randint(0, 256, (2, 16)))
     layers = [m for m in model.modules() if isinstance(m, MoE)]
     expected = 0.5 * torch.stack([m.last_aux_loss for m in layers]).mean() + 0.01 * torch.stack(
