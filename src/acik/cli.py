@@ -63,6 +63,7 @@ _STAGE_MODULES: list[str] = [
     "acik.data.cli",
     "acik.engine.generate",
     "acik.serve",
+    "acik.train.pretrain",
 ]
 
 
