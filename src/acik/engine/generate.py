@@ -226,6 +226,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     handle = get_engine(llm).submit(_request(llm.tokenizer.encode(prompt), _sampling(r)))
     for ev in handle:
         print(ev.text, end="", flush=True)
+    get_engine(llm).close()
     n = handle.completion_tokens
     print()
     if args.verbose:
@@ -343,7 +344,10 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
 def _cmd_chat(args: argparse.Namespace) -> int:
     r = _recipe(args)
     llm = _load(args.model, r)
-    chat_loop(llm, _sampling(r), system=r.system)
+    try:
+        chat_loop(llm, _sampling(r), system=r.system)
+    finally:
+        get_engine(llm).close()
     return 0
 
 

@@ -243,11 +243,12 @@ class Engine:
         try:
             with torch.inference_mode():
                 while not self._closed:
+                    # Clear before looking for work, so a submit that comes after the look wakes us.
+                    self._wake.clear()
                     self._retire_cancelled()
                     self._admit()
                     if not self._rows:
-                        self._wake.wait(0.05)
-                        self._wake.clear()
+                        self._wake.wait()
                         continue
                     self._step()
         except BaseException as e:  # report to every waiting client rather than hang them
