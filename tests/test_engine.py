@@ -22,6 +22,15 @@ FAMILIES += [pytest.param(n, marks=pytest.mark.slow) for n in CASES if n not in 
 PROMPT_LEN, NEW = 20, 32
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine two threads wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def prompt(n: int = PROMPT_LEN, seed: int = 3, vocab: int = 97) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 

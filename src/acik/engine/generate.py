@@ -139,7 +139,8 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | Path | None =
 
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
         raise ValueError(f"{repo_id!r} is not a Hub repo id (owner/name)")
-    if constants.HF_HUB_OFFLINE:
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if constants.HF_HUB_OFFLINE or offline_env:  # the constant is read once, at import
         raise ConnectionError(f"cannot pull {repo_id}: Hugging Face Hub access is off (HF_HUB_OFFLINE is set); "
                               "unset HF_HUB_OFFLINE, or copy the model directory here and pass its path")
     out = Path(out_dir) if out_dir else models_dir() / repo_id
