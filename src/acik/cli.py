@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 _STAGE_MODULES: list[str] = [
     "acik.tokenizer",
     "acik.engine.generate",
+    "acik.moe_tools",
 ]
 
 

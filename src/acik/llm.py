@@ -24,11 +24,27 @@ class LLM:
         self._engine = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto") -> LLM:
+    def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
+             active_experts: int | None = None, mxfp4: str = "dequantize") -> LLM:
+        """`active_experts`: experts each token is routed to (MoE top-k), overriding config.json, so
+        one checkpoint serves heavy and light use. `mxfp4`: "dequantize" (expand MXFP4 experts to
+        `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
+        forward; a dense MoE checkpoint is quantised at load)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such model directory")
         config = hf.read_config(path)
+        if mxfp4 not in ("dequantize", "packed"):
+            raise ValueError(f"mxfp4={mxfp4!r}: use 'dequantize' or 'packed'")
+        if config.num_experts:
+            config.expert_quant = "mxfp4" if mxfp4 == "packed" else None
+        if active_experts is not None:
+            if not config.num_experts:
+                raise ValueError(f"{path}: active_experts={active_experts} but this model has no experts")
+            if not 0 < active_experts <= config.num_experts:
+                raise ValueError(f"active_experts={active_experts}: must be in 1..{config.num_experts} "
+                                 "(the experts per MoE layer)")
+            config.num_experts_per_tok = active_experts
         model = hf.build_model(config, path, device=device, dtype=dtype)
         has_tokenizer = (path / "tokenizer.json").exists()
         return cls(model, config, path, path if has_tokenizer else None)

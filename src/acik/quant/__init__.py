@@ -1,0 +1,1 @@
+"""Quantised weight formats and the methods that fill them."""
