@@ -52,7 +52,8 @@ def bare_matmul_rate(model: Transformer, repeats: int) -> float:
             F.linear(x[w.shape[1]], w)
 
     n = 10
-    return n / median_time(lambda: [step() for _ in range(n)], repeats)
+    with torch.inference_mode():
+        return n / median_time(lambda: [step() for _ in range(n)], repeats)
 
 
 def warm_kernels(model: Transformer, args) -> None:
