@@ -6,7 +6,7 @@ bf16; the bare-matmul rate (the model's weight matrices applied to one token's a
 the most PyTorch's kernels allow); the read bandwidth (summing a 512 MB tensor) and the tokens/s it
 implies when every weight is read once per token; and aggregate tokens/s with 8 concurrent requests.
 
-    python benchmarks/decode.py [--threads 2] [--new 64] [--repeats 5] [--compile]
+    python benchmarks/decode.py [--threads 2] [--new 64] [--repeats 5] [--stat median|min] [--compile]
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from acik.llm import LLM
 from acik.model.transformer import Transformer
 
 
+STAT = statistics.median  # --stat min: the best run, a steadier estimate on a shared machine
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -33,7 +36,7 @@ def median_time(fn, repeats: int) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return STAT(times)
 
 
 def read_bandwidth(repeats: int) -> float:
@@ -133,7 +136,10 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--compile", action="store_true", help="torch.compile the engine's forward pass")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    ap.add_argument("--stat", choices=["median", "min"], default="median")
     args = ap.parse_args()
+    global STAT
+    STAT = min if args.stat == "min" else statistics.median
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = preset("124m")
@@ -143,7 +149,7 @@ def main() -> None:
     prompt = torch.randint(0, cfg.vocab_size, (args.prompt,)).tolist()
     bw = read_bandwidth(args.repeats)
     print(f"124M Llama ({base.num_parameters() / 1e6:.1f}M params), {args.threads} threads, "
-          f"prompt {args.prompt}, {args.new} new tokens, median of {args.repeats}"
+          f"prompt {args.prompt}, {args.new} new tokens, {args.stat} of {args.repeats}"
           + (", torch.compile" if args.compile else ""))
     print(f"read bandwidth (sum of 512 MB fp32): {bw / 1e9:.1f} GB/s")
     rows = [measure(name, base, cfg, prompt, args, bw) for name in args.dtypes.split(",")]
