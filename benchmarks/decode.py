@@ -25,7 +25,6 @@ from acik.hf import config_to_hf
 from acik.llm import LLM
 from acik.model.transformer import Transformer
 
-
 STAT = statistics.median  # --stat min: the best run, a steadier estimate on a shared machine
 
 
