@@ -12,14 +12,23 @@ from acik.llm import LLM
 from acik.model.transformer import Transformer
 from acik.tokenizer import save_byte_tokenizer
 from hf_models import make_hf_model
+from test_moe_parity import CASES as MOE_CASES
 from test_parity import CASES
 
-# Every family acik loads (the parity cases of test_parity), with a prompt longer than the sliding
-# windows (7 and 5) and a prefill chunk smaller than the prompt. A new family is one name here; the
-# RoPE variants of llama are kept for the slow run.
-FAMILIES = ["llama", "llama-bias-headdim", "mistral-window", "qwen2-window-layers", "qwen3-qknorm", "olmo2"]
-FAMILIES += [pytest.param(n, marks=pytest.mark.slow) for n in CASES if n not in FAMILIES]
+# Every family acik loads: the parity cases of test_parity and test_moe_parity (a new family added there is
+# tested here too), with a prompt longer than the sliding windows (5 to 8) and a prefill chunk smaller than it.
+CASES = {**CASES, **MOE_CASES}
+FAMILIES = list(CASES)
 PROMPT_LEN, NEW = 20, 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine two threads wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def prompt(n: int = PROMPT_LEN, seed: int = 3, vocab: int = 97) -> list[int]:
@@ -125,6 +134,8 @@ def test_stop_strings_do_not_leak(tiny_llm):
         pieces = [ev.text for ev in h]
         assert "".join(pieces) == text[:text.index(stop)]
         assert h.finish_reason == "stop"
+        h = engine.submit(Request(prompt_ids=ids, max_new_tokens=40, temperature=0, ignore_eos=True, stop=stop))
+        assert h.text() == text[:text.index(stop)]  # one string is a list of one
         # A stop token id ends it too, without its text.
         tok = full.token_ids[5]
         h = engine.submit(Request(prompt_ids=ids, max_new_tokens=40, temperature=0, stop_token_ids=[tok]))
@@ -218,3 +229,13 @@ def test_ring_buffer_is_bounded():
     engine = Engine(LLM(Transformer(cfg), cfg), max_batch_size=3, max_seq_len=256, prefill_chunk=8)
     assert engine.cache.caps == [7 - 1 + 8, 256] * 2
     assert engine.cache.k[0].shape == (3, 2, 14, 32)
+
+
+def test_extreme_sampling_settings_never_kill_the_engine():
+    """A tiny temperature or a huge penalty once produced NaN probabilities; now it degrades to greedy."""
+    from acik.engine.sampling import apply_penalties, sample
+
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    assert sample(logits.clone(), 1e-45, 0, 1.0, 0.0, torch.Generator().manual_seed(0)) == 1
+    penalised = apply_penalties(logits.clone(), None, torch.tensor([0, 2]), 1e-30, 0.0, 0.0)
+    assert sample(penalised, 0.7, 0, 0.9, 0.0, torch.Generator().manual_seed(0)) in range(4)

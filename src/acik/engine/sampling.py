@@ -44,8 +44,12 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, m
     """One token id from fp32 logits [vocab] (already penalised). temperature 0 is greedy."""
     if temperature == 0.0:
         return int(torch.argmax(logits))
-    logits = filter_logits(logits / temperature, top_k, top_p, min_p)
+    # Shift so the best logit is 0 before dividing: a tiny temperature then gives -inf for the
+    # others instead of inf - inf = NaN, and sampling degrades gracefully to greedy.
+    logits = filter_logits((logits - logits.max()) / temperature, top_k, top_p, min_p)
     probs = torch.softmax(logits, dim=-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
+        return int(torch.argmax(torch.nan_to_num(logits, nan=float("-inf"))))
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -82,19 +82,21 @@ class Handle:
         self.completion_tokens = 0
         self.prompt_logprobs: list[float | None] | None = None
         self.token_ids: list[int] = []
+        self._drained = False
 
     def cancel(self) -> None:
         self.cancelled = True
         self._engine._wake.set()
 
     def __iter__(self):
-        while True:
+        while not self._drained:
             ev = self._events.get()
             if isinstance(ev, BaseException):
+                self._drained = True
                 raise RuntimeError(f"the engine failed: {ev}") from ev
-            yield ev
             if ev.finish_reason is not None:
-                return
+                self._drained = True  # a second loop over a finished handle ends at once
+            yield ev
 
     def text(self) -> str:
         """Consume the stream; return the whole generated text."""
@@ -173,7 +175,9 @@ class Engine:
 
     # -- public API -------------------------------------------------------------------------------
     def submit(self, request: Request) -> Handle:
-        request = dataclasses.replace(request, prompt_ids=list(request.prompt_ids))
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        request = dataclasses.replace(request, prompt_ids=list(request.prompt_ids), stop=stop,
+                                      stop_token_ids=list(request.stop_token_ids or []))
         self._validate(request)
         handle = Handle(request, self)
         if self._closed:
@@ -243,11 +247,12 @@ class Engine:
         try:
             with torch.inference_mode():
                 while not self._closed:
+                    # Clear before looking for work, so a submit that comes after the look wakes us.
+                    self._wake.clear()
                     self._retire_cancelled()
                     self._admit()
                     if not self._rows:
-                        self._wake.wait(0.05)
-                        self._wake.clear()
+                        self._wake.wait()
                         continue
                     self._step()
         except BaseException as e:  # report to every waiting client rather than hang them
