@@ -34,7 +34,7 @@ lint: $(STAMP)
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install -q "torch==2.13.0" -e ".[test]"
-	.lockenv/bin/pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -v '^-e' > requirements.lock
+	.lockenv/bin/pip freeze --all --exclude-editable | sed -e "s/+cpu$$//" | grep -v -e "^-e" -e "^pip==" > requirements.lock
 	rm -rf .lockenv
 
 clean:
