@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that define `add_cli(subparsers)`.
 _STAGE_MODULES: list[str] = [
+    "acik.quant.cli",
 ]
 
 
