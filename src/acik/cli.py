@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that define `add_cli(subparsers)`.
 _STAGE_MODULES: list[str] = [
+    "acik.tokenizer",
+    "acik.engine.generate",
     "acik.quant.cli",
 ]
 

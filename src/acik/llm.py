@@ -21,6 +21,7 @@ class LLM:
         self.path = path
         self.tokenizer_dir = tokenizer_dir
         self._tokenizer = None
+        self._engine = None
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
@@ -77,6 +78,32 @@ class LLM:
 
             self._tokenizer = load_tokenizer(self.tokenizer_dir)
         return self._tokenizer
+
+    def generate(self, prompt, *, stream: bool = False, **sampling):
+        """Continue `prompt` (text, token ids, or a list of either for a batch).
+
+        Text in, text out; ids in, new ids out; a list in, a list out; `stream=True` yields text pieces
+        (or ids). `sampling`: the fields of `acik.engine.Request` (max_new_tokens, temperature, top_p,
+        top_k, min_p, repetition/frequency/presence_penalty, seed, stop, stop_token_ids, ignore_eos, ...).
+        Requests run on this LLM's `acik.engine.Engine` (see `engine()`).
+        """
+        from acik.engine.generate import generate
+
+        return generate(self, prompt, stream=stream, **sampling)
+
+    def chat(self, messages: list[dict], *, stream: bool = False, **sampling):
+        """Reply to a conversation (OpenAI-style messages) with the tokenizer's chat template; returns the
+        reply's text (gpt-oss: the final channel), or yields its pieces with `stream=True`."""
+        from acik.engine.generate import chat
+
+        return chat(self, messages, stream=stream, **sampling)
+
+    def engine(self, **options):
+        """This LLM's shared inference engine; `options` (max_batch_size, max_seq_len, prefill_chunk)
+        apply when it is first created."""
+        from acik.engine.generate import get_engine
+
+        return get_engine(self, **options)
 
     def save(self, out_dir: str | Path, *, command: str | list[str] | None = None, recipe: dict | None = None,
              seed: int | None = None, parents: list[dict] | None = None, extra: dict | None = None,
