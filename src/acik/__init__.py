@@ -10,4 +10,11 @@ def load(path, **kwargs):
     return _load(path, **kwargs)
 
 
-__all__ = ["__version__", "load"]
+def load_tokenizer(path):
+    """Load the tokenizer of a model or tokenizer directory; see `acik.tokenizer.load_tokenizer`."""
+    from acik.tokenizer import load_tokenizer as _load_tokenizer
+
+    return _load_tokenizer(path)
+
+
+__all__ = ["__version__", "load", "load_tokenizer"]

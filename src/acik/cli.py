@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that define `add_cli(subparsers)`.
 _STAGE_MODULES: list[str] = [
     "acik.quickstart",
+    "acik.tokenizer",
 ]
 
 
