@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 _STAGE_MODULES: list[str] = [
     "acik.quickstart",
     "acik.tokenizer",
+    "acik.train.finetune",
 ]
 
 

@@ -23,12 +23,19 @@ class LLM:
         self._tokenizer = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto") -> LLM:
+    def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto",
+             adapter: str | Path | None = None) -> LLM:
+        """`adapter`: a LoRA adapter directory (PEFT format) applied unmerged on top of the base weights."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such model directory")
         config = hf.read_config(path)
         model = hf.build_model(config, path, device=device, dtype=dtype)
+        if adapter is not None:
+            from acik.train.lora import load_adapter
+
+            load_adapter(model, adapter)
+            model.eval()
         has_tokenizer = (path / "tokenizer.json").exists()
         return cls(model, config, path, path if has_tokenizer else None)
 

@@ -1,0 +1,1 @@
+"""Training: pretraining and fine-tuning (SFT, LoRA, QLoRA)."""
