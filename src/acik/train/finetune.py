@@ -199,7 +199,7 @@ def _minimal_train(model, batches, val_batches, r: FinetuneRecipe, run_dir: Path
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
             step = state["step"]
-            _say(r, f"resumed from {c} (step {step})")
+            print(f"resumed from {c} (step {step})", file=sys.stderr)
         elif resume != "auto":
             raise FinetuneError(f"--resume {resume}: not a checkpoint folder")
     metrics_path = run_dir / "metrics.jsonl"

@@ -235,6 +235,15 @@ def render_segments(tokenizer: Any, messages: list[dict], tools: list[dict] | No
         return tokenizer.apply_chat_template(msgs, add_generation_prompt=gen, tools=tools, chat_template=template)
 
     full = render(messages, False)
+    return (_segments_by_prefix(render, messages, full)
+            or _segments_by_marker(render, messages, full, _turn_end_strings(tokenizer))
+            or _fail())
+
+
+def _segments_by_prefix(render, messages: list[dict], full: str) -> list[tuple[str, bool]] | None:
+    """Exact spans from prefix renders: turn i is the text between "turns before i + the generation
+    prompt" and "turns through i". None when the template renders a turn differently once later turns
+    follow (Qwen3 drops the empty think block of earlier turns; QwQ's generation prompt opens one)."""
     segments: list[tuple[str, bool]] = []
     done = ""  # the text already assigned to segments
     for i, m in enumerate(messages):
@@ -243,10 +252,7 @@ def render_segments(tokenizer: Any, messages: list[dict], tools: list[dict] | No
         prompt = render(messages[:i], True)
         through = render(messages[: i + 1], False)
         if not (prompt.startswith(done) and through.startswith(prompt) and full.startswith(through)):
-            raise SFTDataError(
-                "the chat template renders a conversation's earlier turns differently once later turns follow "
-                "(e.g. it drops earlier reasoning), so assistant spans cannot be found by prefix; train on "
-                "conversations that end at that turn, or use a template without that rule")
+            return None
         # The turn runs to its end token; whitespace the template writes after it is not the model's to say.
         reply = through[len(prompt):].rstrip()
         segments.append((prompt[len(done):], False))
@@ -254,6 +260,50 @@ def render_segments(tokenizer: Any, messages: list[dict], tools: list[dict] | No
         done = prompt + reply
     segments.append((full[len(done):], False))
     return [(t, a) for t, a in segments if t]
+
+
+_MARK = "\ue000{}\ue001"  # private-use characters no template touches
+
+
+def _segments_by_marker(render, messages: list[dict], full: str, ends: list[str]) -> list[tuple[str, bool]] | None:
+    """Spans from one render with each assistant content replaced by a marker: a turn is its content
+    (and what the template writes after it, e.g. tool calls) through the first turn-end token."""
+    marked = [dict(m, content=_MARK.format(i)) if m["role"] == "assistant" else m for i, m in enumerate(messages)]
+    text = render(marked, False)
+    segments, pos = [], 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        mark = _MARK.format(i)
+        at = text.find(mark, pos)
+        if at < 0:
+            return None
+        after = at + len(mark)
+        nxt = text.find("\ue000", after)
+        limit = nxt if nxt >= 0 else len(text)
+        found = [(j, t) for t in ends if (j := text.find(t, after, limit)) >= 0]
+        end = min(j + len(t) for j, t in found) if found else after
+        segments.append((text[pos:at], False))
+        segments.append(((m.get("content") or "") + text[after:end], True))
+        pos = end
+    segments.append((text[pos:], False))
+    if "".join(t for t, _ in segments) != full:
+        return None
+    return [(t, a) for t, a in segments if t]
+
+
+def _turn_end_strings(tokenizer: Any) -> list[str]:
+    from acik.tokenizer import TURN_END_TOKENS
+
+    names = [tokenizer.id_to_token(i) for i in tokenizer.stop_token_ids]
+    return [t for t in dict.fromkeys([*names, *TURN_END_TOKENS]) if t]
+
+
+def _fail() -> list:
+    raise SFTDataError(
+        "cannot find the assistant turns in this chat template's output: it renders a turn differently once "
+        "later turns follow and changes the message text; train with acik's ChatML template or one whose "
+        "history renders like its generation prompt")
 
 
 @dataclasses.dataclass
