@@ -58,6 +58,7 @@ _STAGE_MODULES: list[str] = [
     "acik.quickstart",
     "acik.tokenizer",
     "acik.train.finetune",
+    "acik.train.pretrain",
 ]
 
 

@@ -1,1 +1,2 @@
-"""Training: pretraining and fine-tuning (SFT, LoRA, QLoRA)."""
+"""Training: the loop (`acik.train.loop.train`), pretraining from recipes (`acik train`), checkpoints,
+distributed wrappers, reports and Kubernetes manifests."""
