@@ -149,11 +149,8 @@ def _batch_dict(b: sft.Batch) -> dict[str, torch.Tensor]:
 def _run_loop(model: torch.nn.Module, batches: Callable[[int], list[dict]], val_batches: Callable[[], list[dict]],
               r: FinetuneRecipe, run_dir: Path, device: torch.device, max_steps: int, lr: float,
               trainable: Callable, export: Callable, resume: str | None, report_extra: dict) -> Any:
-    try:
-        from acik.train.distributed import Dist
-        from acik.train.loop import TrainSettings, train
-    except ImportError:  # the pretraining loop is not in this tree yet: use the minimal one below
-        return _minimal_train(model, batches, val_batches, r, run_dir, max_steps, lr, trainable, export, resume)
+    from acik.train.distributed import Dist
+    from acik.train.loop import TrainSettings, train
 
     settings = TrainSettings(
         model=None, max_steps=max_steps, seed=r.seed, optimizer="adamw", lr=lr, weight_decay=r.weight_decay,
@@ -163,129 +160,6 @@ def _run_loop(model: torch.nn.Module, batches: Callable[[int], list[dict]], val_
         progress=r.progress)
     return train(model, batches, settings, run_dir, Dist(device=device), trainable=trainable,
                  val_batches=val_batches, export=export, resume=resume, report_extra=report_extra)
-
-
-@dataclasses.dataclass
-class _Result:
-    step: int
-    final_loss: float | None
-    val_loss: float | None
-    tokens_per_s: float
-
-
-def _minimal_train(model, batches, val_batches, r: FinetuneRecipe, run_dir: Path, max_steps: int, lr: float,
-                   trainable, export, resume) -> _Result:
-    """A small single-process loop: AdamW, warmup + cosine, gradient accumulation, clipping, validation,
-    metrics.jsonl, and checkpoints of the trainable weights, optimizer and RNG for exact resume."""
-    from safetensors.torch import load_file, save_file
-
-    named = trainable(model)
-    params = [p for _, p in named]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": r.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, r.beta2), foreach=False)
-    ckpt_dir = run_dir / "checkpoints"
-    step = 0
-    if resume:
-        found = sorted(ckpt_dir.glob("step_*")) if resume == "auto" else [Path(resume)]
-        found = [c for c in found if (c / "meta.json").exists()]
-        if found:
-            c = found[-1]
-            weights = load_file(str(c / "trainable.safetensors"))
-            with torch.no_grad():
-                for n, p in named:
-                    p.copy_(weights[n])
-            state = torch.load(c / "train_state.pt", weights_only=True)
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            step = state["step"]
-            print(f"resumed from {c} (step {step})", file=sys.stderr)
-        elif resume != "auto":
-            raise FinetuneError(f"--resume {resume}: not a checkpoint folder")
-    metrics_path = run_dir / "metrics.jsonl"
-    kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= step] \
-        if step and metrics_path.exists() else []
-    metrics_path.write_text("".join(ln + "\n" for ln in kept))
-
-    def log(rec: dict) -> None:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    def evaluate() -> float:
-        model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for b in val_batches():
-                logits = model(b["input_ids"], positions=b["positions"], segment_ids=b.get("segment_ids"))
-                total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["targets"].flatten(),
-                                                           ignore_index=sft.IGNORE, reduction="sum").item()
-                count += int((b["targets"] != sft.IGNORE).sum())
-        model.train()
-        return total / max(count, 1)
-
-    def save_checkpoint(at: int) -> None:
-        tmp = ckpt_dir / f".tmp_step_{at:08d}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file({n: p.detach().contiguous() for n, p in named}, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": at}, tmp / "train_state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": at}))
-        final = ckpt_dir / f"step_{at:08d}"
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # a crash leaves the whole checkpoint or none of it
-        for old in sorted(ckpt_dir.glob("step_*"))[:-max(r.keep_checkpoints, 1)]:
-            import shutil
-
-            shutil.rmtree(old)
-
-    last_loss = last_val = None
-    t_start, tokens = time.perf_counter(), 0
-    window_t, window_tokens = time.perf_counter(), 0
-    model.train()
-    while step < max_steps:
-        if step < r.warmup_steps:
-            factor = (step + 1) / r.warmup_steps
-        elif r.schedule == "constant":
-            factor = 1.0
-        else:
-            progress = min((step - r.warmup_steps) / max(max_steps - r.warmup_steps, 1), 1.0)
-            factor = r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        for g in opt.param_groups:
-            g["lr"] = lr * factor
-        micro = batches(step)
-        n_targets = sum(int((b["targets"] != sft.IGNORE).sum()) for b in micro)
-        step_loss = 0.0
-        for b in micro:
-            logits = model(b["input_ids"], positions=b["positions"], segment_ids=b.get("segment_ids"))
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["targets"].flatten(),
-                                                     ignore_index=sft.IGNORE, reduction="sum")
-            (loss / max(n_targets, 1)).backward()
-            step_loss += loss.item()
-            n_in = b["input_ids"].numel()
-            tokens += n_in
-            window_tokens += n_in
-        if r.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        last_loss = step_loss / max(n_targets, 1)
-        if step % r.log_every == 0 or step in (1, max_steps):
-            now = time.perf_counter()
-            tps = window_tokens / max(now - window_t, 1e-9)
-            window_t, window_tokens = now, 0
-            log({"kind": "train", "step": step, "loss": last_loss, "lr": lr * factor, "tokens_per_s": tps})
-            _say(r, f"step {step}/{max_steps}: loss {last_loss:.4f}, lr {lr * factor:.2e}, {tps:,.0f} tok/s")
-        if (r.eval_every and step % r.eval_every == 0) or step == max_steps:
-            last_val = evaluate()
-            log({"kind": "val", "step": step, "val_loss": last_val})
-            _say(r, f"step {step}: validation loss {last_val:.4f}")
-        if (r.checkpoint_every and step % r.checkpoint_every == 0) or step == max_steps:
-            save_checkpoint(step)
-    export(step, None, "model")
-    return _Result(step, last_loss, last_val, tokens / max(time.perf_counter() - t_start, 1e-9))
 
 
 # ---------------------------------------------------------------------------------------------
