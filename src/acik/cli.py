@@ -59,6 +59,8 @@ _STAGE_MODULES: list[str] = [
     "acik.tokenizer",
     "acik.train.finetune",
     "acik.train.pretrain",
+    "acik.engine.generate",
+    "acik.quant.cli",
 ]
 
 

@@ -71,6 +71,7 @@ class ModelConfig:
     num_experts_per_tok: int = 2
     moe_layers: list[int] | None = None  # None: every layer is MoE when num_experts > 0
     router_bias: bool = False
+    expert_bias: bool = False  # biases on the experts' projections (gpt-oss)
     # "softmax_topk": softmax over all experts, top-k, renormalise (Mixtral); "topk_softmax": top-k
     # of the raw logits, softmax over the chosen (gpt-oss).
     router_order: str = "softmax_topk"
@@ -80,6 +81,9 @@ class ModelConfig:
     swiglu_alpha: float = 1.702
     router_aux_loss_coef: float = 0.0
     router_z_loss_coef: float = 0.0
+    # How the experts' weights are held in memory: None (dense, in the model dtype) or "mxfp4"
+    # (packed 4.25-bit blocks, dequantised per forward for the experts that tokens were routed to).
+    expert_quant: str | None = None
 
     tie_word_embeddings: bool = False
     logit_softcap: float | None = None
@@ -124,6 +128,8 @@ class ModelConfig:
         need(self.qk_norm in (None, "head", "full"), f"qk_norm {self.qk_norm!r}")
         need(self.mlp_type in ("gated", "plain"), f"mlp_type {self.mlp_type!r}")
         need(self.router_order in ("softmax_topk", "topk_softmax"), f"router_order {self.router_order!r}")
+        need(self.expert_act in ("swiglu", "clamped_swiglu"), f"expert_act {self.expert_act!r}")
+        need(self.expert_quant in (None, "mxfp4"), f"expert_quant {self.expert_quant!r}")
         if self.num_experts:
             need(0 < self.num_experts_per_tok <= self.num_experts,
                  f"num_experts_per_tok ({self.num_experts_per_tok}) must be in 1..num_experts "

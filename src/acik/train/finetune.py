@@ -126,13 +126,11 @@ def base_license(base: Path) -> str | None:
 
 
 def quantize_base(model: torch.nn.Module, block_size: int) -> None:
-    """QLoRA's frozen base: every linear layer but the output head in NF4 (acik.quant)."""
-    try:
-        from acik.quant import quantize_model
-    except ImportError:
-        raise FinetuneError("method 'qlora' needs acik.quant (NF4 layers), which this installation lacks; "
-                            "use --method lora") from None
-    quantize_model(model, "nf4", block_size=block_size, skip=["lm_head"])
+    """QLoRA's frozen base: every linear layer but the output head in NF4 (acik.quant's layers, whose
+    backward gives the gradient with respect to the input, which is all LoRA needs)."""
+    from acik.quant import quantize_model
+
+    quantize_model(model, "nf4", group_size=block_size, skip=["lm_head"])
 
 
 # ---------------------------------------------------------------------------------------------
