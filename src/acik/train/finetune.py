@@ -63,7 +63,7 @@ class FinetuneRecipe:
     quant_block_size: int = 64
     # Run
     device: str = "auto"
-    dtype: str = "auto"  # base weights: "auto" (float32 on CPU, bfloat16 on GPU), "float32", "bfloat16"
+    dtype: str = "auto"  # base weights: "auto" (float32; bfloat16 for a LoRA base on GPU), "float32", "bfloat16"
     seed: int = 0
     log_every: int = 10
     eval_every: int = 50  # 0: only at the end
@@ -83,9 +83,10 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
+def _pick_dtype(name: str, device: torch.device, method: str) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        # Full fine-tuning keeps float32 master weights (bf16 autocast on GPU); a frozen LoRA base can be bf16.
+        return torch.bfloat16 if device.type == "cuda" and method != "full" else torch.float32
     if name not in ("float32", "bfloat16", "float16"):
         raise FinetuneError(f"dtype {name!r}: use auto, float32, bfloat16 or float16")
     return getattr(torch, name)
@@ -181,7 +182,7 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
     base, data, run_dir = Path(base), Path(data), Path(out)
     torch.manual_seed(r.seed)
     device = _pick_device(r.device)
-    dtype = _pick_dtype(r.dtype, device)
+    dtype = _pick_dtype(r.dtype, device, r.method)
     if r.method == "full" and dtype != torch.float32 and device.type == "cpu":
         raise FinetuneError("full fine-tuning on CPU needs dtype float32 (AdamW on bf16 weights loses updates)")
 
