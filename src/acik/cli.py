@@ -64,6 +64,7 @@ _STAGE_MODULES: list[str] = [
     "acik.engine.generate",
     "acik.serve",
     "acik.train.pretrain",
+    "acik.train.finetune",
     "acik.quant.cli",
 ]
 

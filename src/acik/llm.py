@@ -25,13 +25,15 @@ class LLM:
     @classmethod
     def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
              active_experts: int | None = None, mxfp4: str = "dequantize", quantize: str | None = None,
-             group_size: int | None = None, skip: list[str] | None = None) -> LLM:
+             group_size: int | None = None, skip: list[str] | None = None,
+             adapter: str | Path | None = None) -> LLM:
         """`active_experts`: experts each token is routed to (MoE top-k), overriding config.json, so
         one checkpoint serves heavy and light use. `mxfp4`: "dequantize" (expand MXFP4 experts to
         `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
         forward; a dense MoE checkpoint is quantised at load). `quantize`: an `acik.quant` method
         (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size` and `skip`
-        (default: lm_head); a directory written by `acik quantize` loads quantized by itself."""
+        (default: lm_head); a directory written by `acik quantize` loads quantized by itself. `adapter`: a
+        LoRA adapter directory (PEFT format) applied unmerged on top of the (possibly quantized) base."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such model directory")
@@ -61,6 +63,11 @@ class LLM:
                 from acik.quant import DEFAULT_SKIP, quantize_model
 
                 quantize_model(model, quantize, group_size, DEFAULT_SKIP if skip is None else skip)
+        if adapter is not None:
+            from acik.train.lora import load_adapter
+
+            load_adapter(model, adapter)
+            model.eval()
         has_tokenizer = (path / "tokenizer.json").exists()
         return cls(model, config, path, path if has_tokenizer else None)
 
