@@ -60,6 +60,7 @@ _STAGE_MODULES: list[str] = [
     "acik.reproduce",
     "acik.tokenizer",
     "acik.moe_tools",
+    "acik.data.cli",
 ]
 
 
