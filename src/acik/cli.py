@@ -61,6 +61,10 @@ _STAGE_MODULES: list[str] = [
     "acik.tokenizer",
     "acik.moe_tools",
     "acik.data.cli",
+    "acik.train.finetune",
+    "acik.train.pretrain",
+    "acik.engine.generate",
+    "acik.quant.cli",
 ]
 
 

@@ -756,6 +756,9 @@ def describe(directory: str | Path) -> str:
     if config.num_experts:
         lines.insert(8, f"experts:       {config.num_experts} per MoE layer, top-{config.num_experts_per_tok}")
         lines += _expert_memory(model, config)
+    from acik.quant.formats import describe_quantization
+
+    lines += describe_quantization(directory)
     return "\n".join(lines)
 
 

@@ -20,14 +20,20 @@ class LLM:
         self.path = path
         self.tokenizer_dir = tokenizer_dir
         self._tokenizer = None
+        self._engine = None
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
-             active_experts: int | None = None, mxfp4: str = "dequantize") -> LLM:
+             active_experts: int | None = None, mxfp4: str = "dequantize", quantize: str | None = None,
+             group_size: int | None = None, skip: list[str] | None = None,
+             adapter: str | Path | None = None) -> LLM:
         """`active_experts`: experts each token is routed to (MoE top-k), overriding config.json, so
         one checkpoint serves heavy and light use. `mxfp4`: "dequantize" (expand MXFP4 experts to
         `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
-        forward; a dense MoE checkpoint is quantised at load)."""
+        forward; a dense MoE checkpoint is quantised at load). `quantize`: an `acik.quant` method
+        (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size` and `skip`
+        (default: lm_head); a directory written by `acik quantize` loads quantized by itself. `adapter`: a
+        LoRA adapter directory (PEFT format) applied unmerged on top of the (possibly quantized) base."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such model directory")
@@ -43,7 +49,24 @@ class LLM:
                 raise ValueError(f"active_experts={active_experts}: must be in 1..{config.num_experts} "
                                  "(the experts per MoE layer)")
             config.num_experts_per_tok = active_experts
-        model = hf.build_model(config, path, device=device, dtype=dtype)
+        from acik.quant import formats
+
+        if formats.is_acik_quantized(formats.read_quantization(path)):
+            if quantize:
+                raise formats.QuantizationError(f"{path} is already quantized; load it without quantize=, or "
+                                                "quantize its unquantized parent")
+            model = formats.load_quantized(path, config, device=device, dtype=dtype)
+        else:
+            model = hf.build_model(config, path, device=device, dtype=dtype)
+            if quantize:
+                from acik.quant import DEFAULT_SKIP, quantize_model
+
+                quantize_model(model, quantize, group_size, DEFAULT_SKIP if skip is None else skip)
+        if adapter is not None:
+            from acik.train.lora import load_adapter
+
+            load_adapter(model, adapter)
+            model.eval()
         has_tokenizer = (path / "tokenizer.json").exists()
         return cls(model, config, path, path if has_tokenizer else None)
 
@@ -62,17 +85,50 @@ class LLM:
             self._tokenizer = load_tokenizer(self.tokenizer_dir)
         return self._tokenizer
 
+    def generate(self, prompt, *, stream: bool = False, **sampling):
+        """Continue `prompt` (text, token ids, or a list of either for a batch).
+
+        Text in, text out; ids in, new ids out; a list in, a list out; `stream=True` yields text pieces
+        (or ids). `sampling`: the fields of `acik.engine.Request` (max_new_tokens, temperature, top_p,
+        top_k, min_p, repetition/frequency/presence_penalty, seed, stop, stop_token_ids, ignore_eos, ...).
+        Requests run on this LLM's `acik.engine.Engine` (see `engine()`).
+        """
+        from acik.engine.generate import generate
+
+        return generate(self, prompt, stream=stream, **sampling)
+
+    def chat(self, messages: list[dict], *, stream: bool = False, **sampling):
+        """Reply to a conversation (OpenAI-style messages) with the tokenizer's chat template; returns the
+        reply's text (gpt-oss: the final channel), or yields its pieces with `stream=True`."""
+        from acik.engine.generate import chat
+
+        return chat(self, messages, stream=stream, **sampling)
+
+    def engine(self, **options):
+        """This LLM's shared inference engine; `options` (max_batch_size, max_seq_len, prefill_chunk)
+        apply when it is first created."""
+        from acik.engine.generate import get_engine
+
+        return get_engine(self, **options)
+
     def save(self, out_dir: str | Path, *, command: str | list[str] | None = None, recipe: dict | None = None,
              seed: int | None = None, parents: list[dict] | None = None, extra: dict | None = None,
              generation_config: dict | None = None) -> Path:
         """Write a Hugging Face directory that `transformers` loads, with its acik.json manifest."""
-        out = hf.save_pretrained(self.model, self.config, out_dir, tokenizer_dir=self.tokenizer_dir,
-                                 generation_config=generation_config)
+        from acik.quant import is_quantized
+
+        save = hf.save_pretrained
+        if is_quantized(self.model):
+            from acik.quant.formats import save_quantized as save
+        out = save(self.model, self.config, out_dir, tokenizer_dir=self.tokenizer_dir,
+                   generation_config=generation_config)
         parents = list(parents or [])
         if self.path is not None and (self.path / "acik.json").exists() and self.path.resolve() != out.resolve():
             parent = json.loads((self.path / "acik.json").read_text())
             parents.append({"role": "source", "path": str(self.path), "directory_hash": parent["directory_hash"]})
         extra = dict(extra or {})
+        if is_quantized(self.model):
+            extra.setdefault("quantization", self.model.quantization)
         if (out / "tokenizer.json").exists():
             from acik.manifest import tokenizer_identity
 

@@ -1,0 +1,203 @@
+"""Training benchmarks on this CPU, acik against transformers in the same run.
+
+(a) Validation loss on tinyshakespeare (byte level) after a fixed wall-clock budget: acik's
+    `recipes/tinyshakespeare.yaml` against transformers' GPT2LMHeadModel in a plain PyTorch loop with
+    nanoGPT's published CPU settings (4 layers, 4 heads, 128 wide, context 64, batch 12, lr 1e-3,
+    AdamW beta2 0.99, warmup 100 then cosine to 1e-4, no dropout). nanoGPT's published figure for its
+    2000-iteration CPU run is 1.88 (char level; the text is ASCII, so bytes are characters).
+    Both get the same budget; the step count of each is set from its own measured step time, so each
+    finishes its learning-rate schedule inside the budget. Both are scored on the same validation windows.
+(b) Training tokens/s (forward, backward, AdamW step) of one Llama-architecture config in acik and in
+    transformers' LlamaForCausalLM, both in a plain loop, median of several alternating runs.
+
+    python benchmarks/train.py [--budget 180] [--threads 2] [--skip-a] [--skip-b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+SHARED = Path(os.environ.get("ACIK_SHARED_DATA", REPO.parent / "shared" / "data"))
+TEXT = SHARED / "tinyshakespeare.txt"
+
+
+def val_windows(val: np.ndarray, seq_len: int = 64, n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    offs = torch.randint(0, len(val) - seq_len - 1, (n,), generator=g).tolist()
+    rows = torch.from_numpy(np.stack([val[o:o + seq_len + 1].astype(np.int64) for o in offs]))
+    return rows[:, :-1], rows[:, 1:]
+
+
+@torch.no_grad()
+def val_loss(logits_fn, x: torch.Tensor, y: torch.Tensor) -> float:
+    total = 0.0
+    for i in range(0, len(x), 50):
+        logits = logits_fn(x[i:i + 50]).float()
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i:i + 50].reshape(-1), reduction="sum").item()
+    return total / y.numel()
+
+
+def nanogpt_lr(step: int, max_steps: int, lr: float = 1e-3, min_lr: float = 1e-4, warmup: int = 100) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    ratio = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def gpt2_run(train: np.ndarray, steps: int, budget: float | None, seed: int = 1337):
+    """nanoGPT's CPU settings on transformers' GPT-2, plain loop. Returns (model, steps done, seconds)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=260, n_positions=64, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    step = 0
+    while step < steps and (budget is None or time.perf_counter() - t0 < budget):
+        offs = torch.randint(0, len(train) - 65, (12,), generator=g).tolist()
+        rows = torch.from_numpy(np.stack([train[o:o + 65].astype(np.int64) for o in offs]))
+        for group in opt.param_groups:
+            group["lr"] = nanogpt_lr(step, steps)
+        logits = model(rows[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+    return model.eval(), step, time.perf_counter() - t0
+
+
+def acik_run(steps: int, run_dir: Path):
+    import acik
+    from acik.recipe import load_recipe
+    from acik.train.loop import TrainSettings
+    from acik.train.pretrain import pretrain
+
+    s = load_recipe(TrainSettings, REPO / "recipes" / "tinyshakespeare.yaml", data=str(TEXT), max_steps=steps,
+                    progress=False)
+    s.checkpoint_every, s.eval_every, s.log_every = 0, 0, 50
+    t0 = time.perf_counter()
+    result = pretrain(s, run_dir, command=["benchmarks/train.py"])
+    return acik.load(run_dir / "model").model.eval(), result.step, time.perf_counter() - t0, s
+
+
+def bench_a(budget: float) -> list[tuple]:
+    from acik.train.data import load_data
+
+    data = load_data(TEXT)  # byte level, last 10% held out: the same split both models train and score on
+    x, y = val_windows(data.val)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Calibrate: steps each side can do in the budget (acik's includes its start-up, export and report).
+        _, n, secs, s = acik_run(60, Path(tmp) / "cal")
+        acik_steps = int(60 * budget / secs * 0.97)
+        _, n, secs = gpt2_run(data.train, 60, None)
+        gpt_steps = int(60 * budget / secs * 0.97)
+        print(f"calibrated: acik {acik_steps} steps, GPT-2 {gpt_steps} steps in {budget:.0f} s", file=sys.stderr)
+        model, done, secs_a, s = acik_run(acik_steps, Path(tmp) / "run")
+        loss_a = val_loss(lambda t: model(t), x, y)
+        gpt, done_g, secs_g = gpt2_run(data.train, gpt_steps, budget)
+        loss_g = val_loss(lambda t: gpt(t).logits, x, y)
+    return [("acik (recipes/tinyshakespeare.yaml)", done, f"{secs_a:.0f}", s.batch_size, s.seq_len, f"{loss_a:.3f}"),
+            ("transformers GPT2LMHeadModel, nanoGPT CPU settings", done_g, f"{secs_g:.0f}", 12, 64, f"{loss_g:.3f}"),
+            ("nanoGPT published (2000 iters, its own CPU)", 2000, "~180", 12, 64, "1.88")]
+
+
+def bench_b(steps: int, repeats: int) -> list[tuple]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from acik.config import ModelConfig
+    from acik.hf import config_to_hf
+    from acik.model import Transformer
+    from acik.train.loop import token_losses
+    from acik.train.optim import build_optimizers
+
+    cfg = ModelConfig(vocab_size=260, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
+                      tie_word_embeddings=True)
+    batch, seq = 16, 256
+    tokens = torch.randint(0, 256, (steps + 5, batch, seq + 1), generator=torch.Generator().manual_seed(0))
+
+    def run_acik() -> float:
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        model.init_weights(0)
+        (opt,) = build_optimizers(list(model.named_parameters()), optimizer="adamw", lr=1e-3, weight_decay=0.1,
+                                  betas=(0.9, 0.95), eps=1e-8)
+        return timed(lambda b: token_losses(model(b[:, :-1]), b[:, 1:]) / b[:, 1:].numel(), model, opt)
+
+    def run_hf() -> float:
+        torch.manual_seed(0)
+        hf_cfg = LlamaConfig(**{k: v for k, v in config_to_hf(cfg).items() if k not in ("architectures",)})
+        model = LlamaForCausalLM(hf_cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+        return timed(lambda b: F.cross_entropy(model(b[:, :-1]).logits.float().reshape(-1, cfg.vocab_size),
+                                               b[:, 1:].reshape(-1)), model, opt)
+
+    def timed(loss_fn, model, opt) -> float:
+        model.train()
+        for i in range(steps + 2):
+            if i == 2:  # two warm-up steps
+                t0 = time.perf_counter()
+            loss = loss_fn(tokens[i])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return steps * batch * seq / (time.perf_counter() - t0)
+
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(run_acik())
+        theirs.append(run_hf())
+    a, h = statistics.median(ours), statistics.median(theirs)
+    n = sum(p.numel() for p in Transformer(cfg).parameters())
+    return [("acik Transformer + fused AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{a:,.0f}", f"{a / h:.2f}x"),
+            ("transformers LlamaForCausalLM + AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{h:,.0f}", "1.00x")]
+
+
+def table(header: tuple, rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds per model in (a)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per run in (b)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per side in (b)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-a", action="store_true")
+    p.add_argument("--skip-b", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    if not args.skip_a:
+        if not TEXT.exists():
+            sys.exit(f"{TEXT} is missing (set ACIK_SHARED_DATA to the shared data folder)")
+        print(f"\n(a) tinyshakespeare validation loss (nats/byte) after {args.budget:.0f} s of training\n")
+        print(table(("trainer", "steps", "seconds", "batch", "context", "val loss"), bench_a(args.budget)))
+    if not args.skip_b:
+        print("\n(b) training throughput, same Llama config (median of alternating runs)\n")
+        print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), bench_b(args.steps, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()

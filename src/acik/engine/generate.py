@@ -1,0 +1,378 @@
+"""`LLM.generate` / `LLM.chat`, and the `acik generate`, `acik chat` and `acik pull` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from acik.engine.scheduler import Engine, Handle, Request
+
+SAMPLING_KEYS = tuple(f.name for f in fields(Request) if f.name not in ("prompt_ids",))
+
+
+def get_engine(llm, **kwargs: Any) -> Engine:
+    """The LLM's shared engine (created on first use; options apply only then)."""
+    engine = getattr(llm, "_engine", None)
+    if engine is None:
+        engine = llm._engine = Engine(llm, **kwargs)
+    return engine
+
+
+def _request(ids: list[int], sampling: dict[str, Any]) -> Request:
+    unknown = set(sampling) - set(SAMPLING_KEYS)
+    if unknown:
+        raise TypeError(f"unknown generation option(s) {sorted(unknown)}; known: {', '.join(SAMPLING_KEYS)}")
+    return Request(prompt_ids=list(ids), **sampling)
+
+
+def _stream_text(handle: Handle) -> Iterator[str]:
+    try:
+        for ev in handle:
+            if ev.text:
+                yield ev.text
+    finally:  # a consumer that stops early cancels the request
+        if not handle.finished:
+            handle.cancel()
+
+
+def generate(llm, prompt, stream: bool = False, **sampling: Any):
+    """See `LLM.generate`."""
+    is_ids = isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int))
+    batch = isinstance(prompt, list) and not is_ids
+    prompts = prompt if batch else [prompt]
+    if stream and batch:
+        raise ValueError("stream=True takes one prompt, not a batch")
+    engine = get_engine(llm)
+    handles = []
+    for p in prompts:
+        ids = list(p) if not isinstance(p, str) else llm.tokenizer.encode(p)
+        handles.append(engine.submit(_request(ids, sampling)))
+    if stream:
+        if is_ids:
+            return (ev.token_id for ev in handles[0] if ev.token_id is not None)
+        return _stream_text(handles[0])
+    outs = []
+    for p, h in zip(prompts, handles):
+        events = list(h)
+        if isinstance(p, str):
+            outs.append("".join(ev.text for ev in events))
+        else:
+            outs.append(list(h.token_ids))
+    return outs if batch else outs[0]
+
+
+def chat_prompt_ids(llm, messages: list[dict], **template_kwargs: Any) -> list[int]:
+    tok = llm.tokenizer
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+    return tok.encode(text, add_special_tokens=False)
+
+
+def chat(llm, messages: list[dict], stream: bool = False, **sampling: Any):
+    """See `LLM.chat`."""
+    tok = llm.tokenizer
+    ids = chat_prompt_ids(llm, messages)
+    if tok.is_harmony:
+        sampling.setdefault("skip_special_tokens", False)
+    handle = get_engine(llm).submit(_request(ids, sampling))
+    if stream:
+        if tok.is_harmony:
+            return _harmony_final(_stream_text(handle))
+        return _stream_text(handle)
+    text = "".join(ev.text for ev in handle)
+    if tok.is_harmony:
+        from acik.harmony import parse_harmony, to_chat_message
+
+        return to_chat_message(parse_harmony(text))["content"]
+    return text
+
+
+def _harmony_final(pieces: Iterator[str]) -> Iterator[str]:
+    from acik.harmony import HarmonyStream
+
+    parser = HarmonyStream()
+    for piece in pieces:
+        for channel, _, delta in parser.feed(piece):
+            if channel == "final":
+                yield delta
+
+
+# ---------------------------------------------------------------------------------------------
+# Model resolution and download
+
+
+def acik_home() -> Path:
+    return Path(os.environ.get("ACIK_HOME") or Path.home() / ".cache" / "acik")
+
+
+def models_dir() -> Path:
+    return acik_home() / "models"
+
+
+PULL_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.jinja", "*.txt",
+                 "README.md", "LICENSE*"]
+
+
+def resolve_model(name: str) -> Path:
+    """A model directory from a path, or a Hub repo id pulled earlier with `acik pull`."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    pulled = models_dir() / name
+    if (pulled / "config.json").exists():
+        return pulled
+    if "/" in name and not path.exists() and not name.startswith((".", "/")):
+        raise FileNotFoundError(f"{name}: not a directory, and not pulled into {models_dir()}; "
+                                f"run `acik pull {name}` first")
+    raise FileNotFoundError(f"{name}: no such model directory")
+
+
+def pull(repo_id: str, revision: str | None = None, out_dir: str | Path | None = None) -> Path:
+    """Download a model's safetensors, config and tokenizer files from the Hugging Face Hub."""
+    from huggingface_hub import constants, snapshot_download
+
+    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
+        raise ValueError(f"{repo_id!r} is not a Hub repo id (owner/name)")
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError(f"cannot pull {repo_id}: Hugging Face Hub access is off (HF_HUB_OFFLINE is set); "
+                              "unset HF_HUB_OFFLINE, or copy the model directory here and pass its path")
+    out = Path(out_dir) if out_dir else models_dir() / repo_id
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        snapshot_download(repo_id, revision=revision, local_dir=out, allow_patterns=PULL_PATTERNS)
+    except Exception as e:  # huggingface_hub's errors are many types; what matters is the message
+        raise ConnectionError(f"could not download {repo_id}: {type(e).__name__}: {e}") from None
+    if not (out / "config.json").exists():
+        raise FileNotFoundError(f"{repo_id} has no config.json: not a transformers model repository")
+    if not any(out.glob("*.safetensors")):
+        raise FileNotFoundError(f"{repo_id} has no .safetensors weights; acik never loads pickled weights")
+    from acik.manifest import write_manifest
+
+    write_manifest(out, kind="model", command=sys.argv, extra={"source": "huggingface", "repo_id": repo_id,
+                                                                 "revision": revision or "main"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+@dataclass
+class GenerateRecipe:
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    dtype: str = "auto"
+    max_seq_len: int | None = None
+    system: str | None = None
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="YAML recipe with sampling settings (keys: the flags below)")
+    p.add_argument("--set", action="append", help="override a recipe key: key=value")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--frequency-penalty", type=float)
+    p.add_argument("--presence-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--dtype", help="auto (checkpoint's), float32, bfloat16")
+    p.add_argument("--max-seq-len", type=int, help="context per sequence (default: model's, at most 4096)")
+
+
+def _recipe(args: argparse.Namespace) -> GenerateRecipe:
+    from acik.recipe import load_recipe
+
+    flags = {f.name: getattr(args, f.name, None) for f in fields(GenerateRecipe)}
+    return load_recipe(GenerateRecipe, args.recipe, args.set, **flags)
+
+
+def _sampling(r: GenerateRecipe) -> dict[str, Any]:
+    return dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                min_p=r.min_p, repetition_penalty=r.repetition_penalty, frequency_penalty=r.frequency_penalty,
+                presence_penalty=r.presence_penalty, seed=r.seed, stop=list(r.stop))
+
+
+def _load(name: str, r: GenerateRecipe):
+    import acik
+
+    llm = acik.load(resolve_model(name), dtype=r.dtype)
+    get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len)
+    return llm
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    r = _recipe(args)
+    llm = _load(args.model, r)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    t0, n = time.perf_counter(), 0
+    handle = get_engine(llm).submit(_request(llm.tokenizer.encode(prompt), _sampling(r)))
+    for ev in handle:
+        print(ev.text, end="", flush=True)
+    get_engine(llm).close()
+    n = handle.completion_tokens
+    print()
+    if args.verbose:
+        dt = time.perf_counter() - t0
+        print(f"[{handle.prompt_tokens} prompt + {n} new tokens, {n / dt:.1f} tokens/s, "
+              f"finish: {handle.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+CHAT_HELP = """Type a message; end it with an empty line (or a line with just '.') to send.
+Commands: /reset (new conversation), /system TEXT (set the system prompt and reset),
+/save FILE (write the conversation as JSON), /help, /quit (or Ctrl-D)."""
+
+
+def _read_message(inp, out) -> str | None:
+    """Multi-line input: lines until an empty line (a single-line command is sent at once)."""
+    lines: list[str] = []
+    out.write(">>> ")
+    out.flush()
+    while True:
+        line = inp.readline()
+        if not line:  # EOF
+            return "\n".join(lines) if lines else None
+        line = line.rstrip("\n")
+        if not lines and line.startswith("/"):
+            return line
+        if line in ("", ".") and lines:
+            return "\n".join(lines)
+        if line == "" and not lines:
+            out.write(">>> ")
+            out.flush()
+            continue
+        lines.append(line)
+        out.write("... ")
+        out.flush()
+
+
+def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None, out=None) -> None:
+    """The interactive chat of `acik chat` (reads `inp`, writes `out`)."""
+    from acik.harmony import HarmonyStream, parse_harmony, to_chat_message
+
+    inp, out = inp or sys.stdin, out or sys.stdout
+    tok = llm.tokenizer
+    harmony = tok.is_harmony
+
+    def fresh() -> list[dict]:
+        return [{"role": "system", "content": system}] if system else []
+
+    messages = fresh()
+    out.write(CHAT_HELP + "\n")
+    while True:
+        text = _read_message(inp, out)
+        if text is None:
+            out.write("\n")
+            return
+        if text.startswith("/"):
+            cmd, _, arg = text.partition(" ")
+            if cmd in ("/quit", "/exit", "/bye"):
+                return
+            if cmd == "/reset":
+                messages = fresh()
+                out.write("(conversation reset)\n")
+            elif cmd == "/system":
+                system = arg.strip() or None
+                messages = fresh()
+                out.write(f"(system prompt {'set' if system else 'cleared'}; conversation reset)\n")
+            elif cmd == "/save":
+                path = Path(arg.strip() or "chat.json")
+                path.write_text(json.dumps({"messages": messages}, ensure_ascii=False, indent=2) + "\n",
+                                encoding="utf-8")
+                out.write(f"(saved {len(messages)} messages to {path})\n")
+            elif cmd == "/help":
+                out.write(CHAT_HELP + "\n")
+            else:
+                out.write(f"unknown command {cmd}; /help lists them\n")
+            continue
+        messages.append({"role": "user", "content": text})
+        ids = chat_prompt_ids(llm, messages)
+        req = _request(ids, {**sampling, **({"skip_special_tokens": False} if harmony else {})})
+        t0 = time.perf_counter()
+        first = None
+        handle = get_engine(llm).submit(req)
+        reply = ""
+        parser = HarmonyStream() if harmony else None
+        shown = None
+        try:
+            for ev in handle:
+                if first is None:
+                    first = time.perf_counter()
+                reply += ev.text
+                if parser is None:
+                    out.write(ev.text)
+                else:  # gpt-oss: reasoning (analysis channel) shown apart from the answer
+                    for channel, _, delta in parser.feed(ev.text):
+                        kind = "final" if channel == "final" else "thinking"
+                        if kind != shown:
+                            out.write("\n[thinking] " if kind == "thinking" else "\n[answer] ")
+                            shown = kind
+                        out.write(delta)
+                out.flush()
+        except KeyboardInterrupt:
+            handle.cancel()
+            out.write("\n(interrupted)")
+        dt = time.perf_counter() - (first or t0)
+        n = handle.completion_tokens
+        rate = (n - 1) / dt if n > 1 and dt > 0 else 0.0
+        out.write(f"\n[{n} tokens, {rate:.1f} tokens/s, first token after {(first or t0) - t0:.2f}s]\n")
+        if harmony:
+            msg = to_chat_message(parse_harmony(reply))
+            messages.append({k: v for k, v in msg.items() if k in ("role", "content", "thinking")})
+        else:
+            messages.append({"role": "assistant", "content": reply})
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    r = _recipe(args)
+    llm = _load(args.model, r)
+    try:
+        chat_loop(llm, _sampling(r), system=r.system)
+    finally:
+        get_engine(llm).close()
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    out = pull(args.repo_id, revision=args.revision, out_dir=args.out)
+    print(f"{args.repo_id} -> {out}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("generate", help="continue a prompt with a model")
+    p.add_argument("model", help="model directory, or a repo id pulled with `acik pull`")
+    p.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speed to stderr")
+    _add_sampling_flags(p)
+    p.set_defaults(func=_cmd_generate)
+
+    p = subparsers.add_parser("chat", help="chat with a model in the terminal")
+    p.add_argument("model", help="model directory, or a repo id pulled with `acik pull`")
+    p.add_argument("--system", help="system prompt")
+    _add_sampling_flags(p)
+    p.set_defaults(func=_cmd_chat)
+
+    p = subparsers.add_parser("pull", help="download a model from the Hugging Face Hub into $ACIK_HOME/models")
+    p.add_argument("repo_id", help="owner/name on the Hugging Face Hub")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--out", help="directory (default: $ACIK_HOME/models/REPO_ID)")
+    p.set_defaults(func=_cmd_pull)

@@ -1,0 +1,287 @@
+"""Quantized model directories: how each method's buffers are written to safetensors and
+described in `config.json`'s `quantization_config`, and how they are read back.
+
+- int8, w8a8, int4: compressed-tensors (`quant_method: compressed-tensors`), the format
+  llm-compressor writes and transformers and vLLM read: `int-quantized` (int8 `weight`, `weight_scale`
+  [out, 1]) and `pack-quantized` (4-bit codes packed eight to an int32 along the input,
+  `weight_scale` and `weight_zero_point` per group, zero points packed along the output).
+- mxfp4: gpt-oss's tensor layout (`weight_blocks`, `weight_scales`) with `quant_method: mxfp4`.
+  transformers only applies its MXFP4 loader to gpt-oss experts, so these dense-model files load
+  in acik (and are byte-for-byte the format other MXFP4 readers decode).
+- int4-hqq (fractional zero points, which compressed-tensors' integer zero points cannot hold) and
+  nf4 (bitsandbytes keeps its quantization state in a layout of its own): acik's layout,
+  `quant_method: acik`, our buffer names.
+Every `quantization_config` we write also carries an `acik` entry (method, group size, skip list)
+so acik rebuilds exactly the layers it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acik import hf
+from acik.quant import METHODS, QuantizationError, check_method, targets
+from acik.quant.linear import Int4Linear, Int8Linear, MXFP4Linear, NF4Linear, QuantLinear
+
+COMPRESSED_TENSORS = ("int8", "w8a8", "int4")
+
+
+# --- compressed-tensors packing ----------------------------------------------------------------
+
+def pack_int32(nibble_bytes: torch.Tensor) -> torch.Tensor:
+    """Our nibble bytes [out, in/2] (even element low) are compressed-tensors' int32 words [out, in/8]
+    read little-endian: element i sits at bits 4 * (i % 8) of word i // 8, stored as code = q + 8."""
+    return nibble_bytes.contiguous().view(torch.int32) if nibble_bytes.shape[-1] % 4 == 0 else None
+
+
+def _pack_rows(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [out, G] -> int32 [ceil(out/8), G], packed along the output dimension."""
+    from acik.quant.methods import pack_nibbles
+
+    out = codes.shape[0]
+    pad = (-out) % 8
+    t = torch.cat([codes, torch.zeros(pad, codes.shape[1], dtype=torch.uint8)]) if pad else codes
+    return pack_nibbles(t.t().contiguous()).view(torch.int32).t().contiguous()
+
+
+def _unpack_rows(packed: torch.Tensor, out: int) -> torch.Tensor:
+    from acik.quant.methods import unpack_nibbles
+
+    return unpack_nibbles(packed.t().contiguous().view(torch.uint8)).t()[:out].contiguous()
+
+
+def _ct_config(method: str, group_size: int | None, ignore: list[str]) -> dict:
+    if method == "int4":
+        weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size,
+                   "dynamic": False, "observer": "minmax"}
+    else:
+        weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "group_size": None,
+                   "dynamic": False, "observer": "minmax"}
+    activations = None
+    if method == "w8a8":
+        activations = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "group_size": None,
+                       "dynamic": True, "observer": None}
+    fmt = "pack-quantized" if method == "int4" else "int-quantized"
+    return {"quant_method": "compressed-tensors", "format": fmt,
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "format": fmt,
+                                          "input_activations": activations, "output_activations": None}},
+            "ignore": ignore}
+
+
+def quantization_config(model: nn.Module) -> dict:
+    info = model.quantization
+    method = info["method"]
+    quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    ignore = sorted(n for n, m in model.named_modules() if type(m) is nn.Linear and n not in quantized)
+    acik = {"method": method, "group_size": info["group_size"], "skip": info["skip"]}
+    if method in COMPRESSED_TENSORS:
+        return {**_ct_config(method, info["group_size"], ignore), "acik": acik}
+    if method == "mxfp4":
+        return {"quant_method": "mxfp4", "modules_to_not_convert": ignore, "acik": acik}
+    return {"quant_method": "acik", "ignore": ignore, "acik": acik}
+
+
+def saved_tensors(name: str, layer: QuantLinear) -> dict[str, torch.Tensor]:
+    """One quantized layer as the tensors its format stores (names prefixed with `name.`)."""
+    if isinstance(layer, Int8Linear):
+        out = {"weight": layer.weight, "weight_scale": layer.weight_scale.float()[:, None]}
+    elif isinstance(layer, Int4Linear) and layer.method == "int4":
+        out = {"weight_packed": pack_int32(layer.weight_packed), "weight_scale": layer.weight_scale,
+               "weight_zero_point": _pack_rows(layer.weight_zero.to(torch.uint8)),
+               "weight_shape": torch.tensor([layer.out_features, layer.in_features])}
+    else:
+        out = dict(layer.named_buffers(recurse=False))
+    if layer.bias is not None:
+        out["bias"] = layer.bias
+    return {f"{name}.{k}": v for k, v in out.items()}
+
+
+def buffers_from_saved(layer: QuantLinear, saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `saved_tensors` for one layer (names without the layer prefix)."""
+    if isinstance(layer, Int8Linear):
+        return {"weight": saved["weight"], "weight_scale": saved["weight_scale"].float().reshape(-1)}
+    if isinstance(layer, Int4Linear) and layer.method == "int4":
+        if saved["weight_packed"].dtype != torch.int32:
+            raise QuantizationError(f"weight_packed is {saved['weight_packed'].dtype}; pack-quantized stores int32")
+        zero = _unpack_rows(saved["weight_zero_point"], layer.out_features)
+        return {"weight_packed": saved["weight_packed"].contiguous().view(torch.uint8),
+                "weight_scale": saved["weight_scale"].half(), "weight_zero": zero.half()}
+    return {k: saved[k] for k in dict(layer.named_buffers(recurse=False))}
+
+
+class _Tensors:
+    """What `hf.save_pretrained` needs from a model: its state dict and a parameter dtype."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
+        self.tensors, self.dtype = tensors, dtype
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors
+
+    def parameters(self):
+        yield torch.empty(0, dtype=self.dtype)
+
+
+def save_quantized(model: nn.Module, config, out_dir: str | Path, *, tokenizer_dir=None,
+                   generation_config: dict | None = None) -> Path:
+    """Write a quantized model as a Hugging Face directory (the caller writes the manifest)."""
+    quant = {id(m) for m in model.modules() if isinstance(m, QuantLinear)}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if id(module) in quant:
+            tensors.update(saved_tensors(name, module))
+    inside = tuple(f"{n}." for n, m in model.named_modules() if id(m) in quant)
+    tensors.update({k: v for k, v in model.state_dict().items() if not k.startswith(inside)})
+    dtype = model.model.embed_tokens.weight.dtype
+    out = hf.save_pretrained(_Tensors(tensors, dtype), config, out_dir, tokenizer_dir=tokenizer_dir,
+                             generation_config=generation_config)
+    cfg_path = out / "config.json"
+    hf_cfg = json.loads(cfg_path.read_text())
+    hf_cfg["quantization_config"] = quantization_config(model)
+    cfg_path.write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    return out
+
+
+def read_quantization(directory: str | Path) -> dict | None:
+    """config.json's `quantization_config`, or None for an unquantized directory."""
+    path = Path(directory) / "config.json"
+    return json.loads(path.read_text()).get("quantization_config") if path.exists() else None
+
+
+def is_acik_quantized(qc: dict | None) -> bool:
+    """True for quantized linears acik reads (its own output, compressed-tensors); gpt-oss's MXFP4
+    experts are read by `acik.hf` instead."""
+    return bool(qc) and ("acik" in qc or qc.get("quant_method") == "compressed-tensors")
+
+
+def _method_of(qc: dict, where: str) -> tuple[str, int | None, list[str]]:
+    """(method, group size, skip list) from a quantization_config acik wrote, or from a plain
+    compressed-tensors one (int8 per channel, w8a8, int4 asymmetric group-wise)."""
+    if "acik" in qc:
+        a = qc["acik"]
+        if a.get("method") not in METHODS:
+            raise QuantizationError(f"{where}: quantization_config.acik.method {a.get('method')!r} is not one of "
+                                    f"{', '.join(METHODS)}")
+        return a["method"], a.get("group_size"), list(a.get("skip") or [])
+    if qc.get("quant_method") == "compressed-tensors" and len(qc.get("config_groups", {})) == 1:
+        group = next(iter(qc["config_groups"].values()))
+        w, act = group.get("weights") or {}, group.get("input_activations")
+        skip = [s for s in qc.get("ignore", []) if not s.startswith("re:")]
+        if w.get("num_bits") == 8 and w.get("symmetric") and w.get("strategy") == "channel":
+            return ("w8a8" if act else "int8"), None, skip
+        if (w.get("num_bits") == 4 and not w.get("symmetric") and w.get("strategy") == "group"
+                and qc.get("format") == "pack-quantized"):
+            return "int4", w.get("group_size"), skip
+    raise QuantizationError(f"{where}: quantization_config {json.dumps(qc)[:200]} is not a layout acik reads; "
+                            "it reads what `acik quantize` writes and compressed-tensors int8/w8a8/int4 (asymmetric "
+                            "group-wise)")
+
+
+def _skeleton(linear: nn.Linear, method: str, group_size: int | None) -> QuantLinear:
+    n_in, n_out, bias = linear.in_features, linear.out_features, linear.bias is not None
+    if method in ("int8", "w8a8"):
+        return Int8Linear(n_in, n_out, bias, activations=method == "w8a8", device="meta")
+    if method in ("int4", "int4-hqq"):
+        return Int4Linear(n_in, n_out, bias, group_size, hqq=method == "int4-hqq", device="meta")
+    if method == "nf4":
+        return NF4Linear(n_in, n_out, bias, group_size, device="meta")
+    return MXFP4Linear(n_in, n_out, bias, device="meta")
+
+
+def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> nn.Module:
+    """Build the Transformer with quantized layers where the directory has them and fill it."""
+    from acik.model import Transformer
+
+    directory = Path(directory)
+    where = str(directory / "config.json")
+    method, group_size, skip = _method_of(read_quantization(directory), where)
+    group_size = check_method(method, group_size)
+    device, dtype = hf.resolve_device(device), hf.resolve_dtype(dtype, config)
+    with torch.device("meta"):
+        model = Transformer(config)
+    names = targets(model, skip)
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, _skeleton(getattr(parent, attr), method, group_size))
+    files = hf.weight_files(directory)
+    saved = dict(hf.iter_checkpoint(files))
+    state: dict[str, torch.Tensor] = {}
+    for name in names:
+        layer = model.get_submodule(name)
+        prefix = f"{name}."
+        mine = {k[len(prefix):]: saved.pop(k) for k in [k for k in saved if k.startswith(prefix)]}
+        try:
+            state.update({prefix + k: v for k, v in buffers_from_saved(layer, mine).items()})
+        except KeyError as e:
+            raise hf.CheckpointError(f"{directory}: {name} lacks tensor {e}; the weights do not match the "
+                                     f"quantization_config ({method})") from None
+        if "bias" in mine:
+            state[prefix + "bias"] = mine["bias"].to(dtype)
+    state.update({k: (v.to(dtype) if v.is_floating_point() else v) for k, v in saved.items()
+                  if not k.endswith("rotary_emb.inv_freq")})
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    expected = set(model.state_dict()) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    expected = {k for k in expected if not k.endswith("rotary_emb.inv_freq")}
+    if set(state) != expected:
+        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+        raise hf.CheckpointError(f"{directory}: tensors do not match the quantized model ({method}); "
+                                 f"unexpected {extra[:3]}, missing {missing[:3]}")
+    for k, v in state.items():
+        want = model.get_parameter(k) if k in dict(model.named_parameters()) else model.get_buffer(k)
+        if tuple(want.shape) != tuple(v.shape):
+            raise hf.CheckpointError(f"{directory}: tensor {k!r} has shape {tuple(v.shape)}, expected "
+                                     f"{tuple(want.shape)}")
+    # Copies, not views into the file's buffer: the packed kernels read with aligned vector loads
+    # and crash on a tensor at an unaligned offset.
+    model.load_state_dict({k: v.to(device, copy=True) for k, v in state.items()}, strict=False, assign=True)
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and m.bias is not None:
+            m.bias.requires_grad_(False)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
+    model.quantization = {"method": method, "group_size": group_size, "skip": skip}
+    return model.eval()
+
+
+def describe_quantization(directory: str | Path) -> list[str]:
+    """Lines for `acik info`: method, format, bits per weight and bytes of a quantized directory."""
+    from safetensors import safe_open
+
+    from acik.model import Transformer
+
+    directory = Path(directory)
+    qc = read_quantization(directory)
+    if not is_acik_quantized(qc):
+        return []
+    method, group_size, skip = _method_of(qc, str(directory / "config.json"))
+    config = hf.read_config(directory)
+    with torch.device("meta"):
+        model = Transformer(config)
+    layers = {f"{n}.": model.get_submodule(n).weight.numel() for n in targets(model, skip)}
+    q_bytes = 0
+    for f in hf.weight_files(directory):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                prefix = k[:k.rfind(".") + 1]
+                if prefix in layers and not k.endswith(".bias"):
+                    t = st.get_slice(k)
+                    n = 1
+                    for d in t.get_shape():
+                        n *= d
+                    q_bytes += n * _DTYPE_BYTES[t.get_dtype()]
+    q_weights = sum(layers.values())
+    group = f", group size {group_size}" if group_size else ""
+    return [f"quantization:  {method}{group} ({qc.get('quant_method')} format), {len(layers)} linear layers",
+            f"quantized:     {q_weights:,} weights in {hf._gib(q_bytes)}: {8 * q_bytes / q_weights:.2f} bits per "
+            "weight with scales"]
+
+
+_DTYPE_BYTES = {"I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "F16": 2, "BF16": 2, "F32": 4}

@@ -1,0 +1,235 @@
+"""Quantized drop-in replacements for `nn.Linear`.
+
+Each layer holds its codes and scales as buffers (what gets saved), computes forward with the
+fastest kernel PyTorch has for its layout on the input's device, and implements backward with
+respect to its input by dequantizing the weight: the packed kernels have no gradient, and QLoRA
+needs one to train adapters on a frozen quantized base. The weights themselves never get a gradient.
+
+Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
+- int8 weight-only: `aten._weight_int8pack_mm` (int8 [out, in], one scale per row).
+- int4: `aten._weight_int4pack_mm_for_cpu` on CPU, `aten._weight_int4pack_mm` on CUDA; both need
+  out_features divisible by 16 (CPU) and take their own packed layout, built once on first use.
+- w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm`.
+- NF4 and MXFP4 have no packed kernel: the weight is dequantized per layer, per call.
+Both packed kernels run much faster with bfloat16 activations than float32 ones on this CPU, so
+they compute in bfloat16 and hand back the input's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acik.quant import methods
+
+KERNEL_DTYPE = torch.bfloat16
+
+
+class _QuantMatmul(torch.autograd.Function):
+    """y = x @ W^T through the layer's kernel; dy/dx via the dequantized W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer.matmul(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w = ctx.layer.dequantize(grad.dtype)
+        return grad @ w, None
+
+
+class QuantLinear(nn.Module):
+    """Common part: shapes, bias, forward/backward plumbing, and how many bytes the weight takes.
+    `__init__` makes an empty layer of the right shapes (to load saved buffers into);
+    `from_linear` quantizes an `nn.Linear`."""
+
+    method: str = ""
+    group_size: int | None = None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        # The base is frozen: LoRA trains adapters beside it, never its weights or bias.
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+
+    def _fill(self, linear: nn.Linear, **buffers: torch.Tensor) -> QuantLinear:
+        for name, value in buffers.items():
+            setattr(self, name, value.to(linear.weight.device))
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return self
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out], no bias
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight [out, in] these codes stand for, in `dtype`."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _QuantMatmul.apply(x, self) if torch.is_grad_enabled() and x.requires_grad else self.matmul(x)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers(recurse=False))
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.weight_bytes / (self.in_features * self.out_features)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.group_size else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"method={self.method}{group}, bits_per_weight={self.bits_per_weight:.2f}")
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class Int8Linear(QuantLinear):
+    """Symmetric int8 weights, one scale per output channel: `weight` int8 [out, in] and
+    `weight_scale` fp32 [out]. With `activations=True` (w8a8) the input is quantized per token on
+    the fly too and the matmul runs in int8 (`torch._int_mm`), which pays off where compute, not
+    memory, is the limit (prefill, batches)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, activations: bool = False, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+        self.activations = activations
+        self.method = "w8a8" if activations else "int8"
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, activations: bool = False) -> Int8Linear:
+        codes, scale = methods.quantize_int8(linear.weight)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, "meta")
+        return layer._fill(linear, weight=codes, weight_scale=scale)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return methods.dequantize_int8(self.weight, self.weight_scale, dtype)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        flat = _flat(x)
+        if self.activations:
+            xs = (flat.float().abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
+            xq = torch.round(flat.float() / xs).clamp(-127, 127).to(torch.int8)
+            y = torch._int_mm(xq, self.weight.t()).float() * xs * self.weight_scale
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), self.weight,
+                                                   self.weight_scale.to(KERNEL_DTYPE))
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(QuantLinear):
+    """Asymmetric 4-bit weights in groups of `group_size` along the input dimension, round to
+    nearest (`hqq=False`) or with HQQ-optimised fractional zero points (`hqq=True`).
+    Buffers: `weight_packed` uint8 [out, in/2] (two codes a byte, even element low), `weight_scale`
+    and `weight_zero` fp16 [out, in/group] with w = (code - zero) * scale."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, hqq: bool = False,
+                 device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.group_size = group_size
+        self.method = "int4-hqq" if hqq else "int4"
+        groups = in_features // group_size
+        self.register_buffer("weight_packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8,
+                                                          device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=torch.float16, device=device))
+        self.register_buffer("weight_zero", torch.zeros(out_features, groups, dtype=torch.float16, device=device))
+        self._kernel: tuple | None = None  # (device, packed weight, scales-and-offsets), built on first use
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int, hqq: bool = False) -> Int4Linear:
+        quantize = methods.quantize_int4_hqq if hqq else methods.quantize_int4
+        codes, scale, zero = quantize(linear.weight, group_size)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, hqq, "meta")
+        return layer._fill(linear, weight_packed=methods.pack_nibbles(codes), weight_scale=scale, weight_zero=zero)
+
+    def codes(self) -> torch.Tensor:
+        return methods.unpack_nibbles(self.weight_packed)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return methods.dequantize_int4(self.codes(), self.weight_scale, self.weight_zero, dtype)
+
+    def _kernel_weights(self):
+        if self._kernel is None:
+            # The kernel computes (code - 8) * scale + offset; ours is (code - zero) * scale.
+            scale = self.weight_scale.float()
+            offset = (8.0 - self.weight_zero.float()) * scale
+            sz = torch.stack([scale.t(), offset.t()], dim=-1).contiguous().to(KERNEL_DTYPE)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
+            self._kernel = (packed, sz)
+        return self._kernel
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        # The CPU kernel's layout needs out_features % 16 == 0; elsewhere (and on GPUs, untested
+        # here) dequantize per call instead.
+        if self.out_features % 16 or x.device.type != "cpu":
+            return super().matmul(x)
+        packed, sz = self._kernel_weights()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(_flat(x).to(KERNEL_DTYPE), packed, self.group_size, sz)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel = None  # moved or cast: rebuild the kernel layout from the buffers
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class NF4Linear(QuantLinear):
+    """QLoRA's NormalFloat4: `weight_packed` uint8 [out, in/2] and one fp16 `weight_absmax` per
+    block of `group_size` inputs (no double quantization of the absmax: 0.25 bits per weight at
+    block 64). No packed kernel exists, so each call dequantizes the weight."""
+
+    method = "nf4"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.group_size = group_size
+        self.register_buffer("weight_packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8,
+                                                          device=device))
+        self.register_buffer("weight_absmax", torch.ones(out_features, in_features // group_size,
+                                                         dtype=torch.float16, device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int) -> NF4Linear:
+        codes, absmax = methods.quantize_nf4(linear.weight, group_size)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size, "meta")
+        return layer._fill(linear, weight_packed=methods.pack_nibbles(codes), weight_absmax=absmax)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return methods.dequantize_nf4(methods.unpack_nibbles(self.weight_packed), self.weight_absmax, dtype)
+
+
+class MXFP4Linear(QuantLinear):
+    """OCP MXFP4 as gpt-oss stores it: `weight_blocks` uint8 [out, in/32, 16], `weight_scales`
+    uint8 [out, in/32] (E8M0). Dequantized per call."""
+
+    method = "mxfp4"
+    group_size = 32
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer("weight_blocks", torch.zeros(out_features, in_features // 32, 16, dtype=torch.uint8,
+                                                          device=device))
+        self.register_buffer("weight_scales", torch.full((out_features, in_features // 32), 127, dtype=torch.uint8,
+                                                         device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> MXFP4Linear:
+        blocks, scales = methods.quantize_mxfp4(linear.weight)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, "meta")
+        return layer._fill(linear, weight_blocks=blocks, weight_scales=scales)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return methods.dequantize_mxfp4(self.weight_blocks, self.weight_scales, dtype)
+
+
+LAYERS = (Int8Linear, Int4Linear, NF4Linear, MXFP4Linear)

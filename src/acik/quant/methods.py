@@ -1,0 +1,130 @@
+"""The quantizers: weight matrix [out, in] -> integer codes plus the scales that bring them back.
+
+All are calibration-free and run in seconds on a 124M-parameter model. Every 4-bit method keeps
+one code per weight in a uint8 tensor [out, in] here; `pack_nibbles` turns that into two codes per
+byte (even element in the low nibble, as gpt-oss's MXFP4 blocks) for storage.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from acik.quant.mxfp4 import dequantize_mxfp4, quantize_mxfp4
+
+# QLoRA's NormalFloat4 levels (Dettmers et al. 2023, as bitsandbytes ships them): quantiles of a
+# standard normal, rescaled to [-1, 1], with an exact zero.
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 [..., n] (n even) -> bytes [..., n / 2], the even element in the low nibble."""
+    codes = codes.to(torch.uint8)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_nibbles`: bytes [..., n / 2] -> uint8 codes [..., n]."""
+    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2)
+
+
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """Round to float16, the dtype group scales and zeros are stored in (as llama.cpp's Q4_1 and
+    compressed-tensors do), so the codes are chosen against the scale that will be used."""
+    return t.half().float()
+
+
+def _groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    out, n_in = w.shape
+    return w.detach().float().reshape(out, n_in // group_size, group_size)
+
+
+# --- int8: symmetric, one scale per output channel -------------------------------------------
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (codes int8 [out, in], scale fp32 [out]); w ~= codes * scale[:, None]."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return codes, scale
+
+
+def dequantize_int8(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (codes.float() * scale.float()[:, None]).to(dtype)
+
+
+# --- int4: asymmetric, group-wise along the input dimension ----------------------------------
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round to nearest -> (codes uint8 0..15 [out, in], scale fp16 [out, G], zero fp16 [out, G]) with
+    w ~= (codes - zero) * scale per group. The zero point is an integer here (the compressed-tensors
+    convention), so 0.0 is exactly representable."""
+    g = _groups(w, group_size)
+    lo = g.amin(dim=-1).clamp(max=0.0)
+    hi = g.amax(dim=-1).clamp(min=0.0)
+    scale = _stored(((hi - lo) / 15.0).clamp(min=1e-6))
+    zero = torch.round(-lo / scale).clamp(0, 15)
+    codes = torch.round(g / scale[..., None] + zero[..., None]).clamp(0, 15)
+    return codes.to(torch.uint8).reshape(w.shape), scale.half(), zero.half()
+
+
+def quantize_int4_hqq(w: torch.Tensor, group_size: int, iters: int = 20, p: float = 0.7, beta: float = 10.0,
+                      kappa: float = 1.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HQQ (Badri & Shaji 2023): keep the min-max scale, then optimise each group's (fractional) zero
+    point by half-quadratic splitting against an l_p (p < 1) error, which tolerates a few outliers
+    instead of stretching every group around them. Same layout as `quantize_int4`, with float zeros."""
+    g = _groups(w, group_size)
+    lo, hi = g.amin(dim=-1, keepdim=True), g.amax(dim=-1, keepdim=True)
+    inv_scale = 1.0 / _stored((hi - lo).clamp(min=1e-5) / 15.0)
+    zero = -lo * inv_scale
+    best_zero, best_err = zero.clone(), torch.full_like(zero, float("inf"))
+    for _ in range(iters):
+        codes = torch.round(g * inv_scale + zero).clamp(0, 15)
+        recon = (codes - zero) / inv_scale
+        err = g - recon
+        # Proximal step for |e|^p: shrink the residual, so outliers stay in it rather than in the fit.
+        shrunk = torch.sign(err) * torch.relu(err.abs() - err.abs().clamp(min=1e-12).pow(p - 1) / beta)
+        group_err = err.abs().mean(dim=-1, keepdim=True)
+        better = group_err < best_err
+        best_err = torch.where(better, group_err, best_err)
+        best_zero = torch.where(better, zero, best_zero)
+        zero = (codes - (g - shrunk) * inv_scale).mean(dim=-1, keepdim=True)
+        beta *= kappa
+    best_zero = _stored(best_zero)
+    codes = torch.round(g * inv_scale + best_zero).clamp(0, 15)
+    return codes.to(torch.uint8).reshape(w.shape), (1.0 / inv_scale).squeeze(-1).half(), best_zero.squeeze(-1).half()
+
+
+def dequantize_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    out, n_in = codes.shape
+    g = codes.float().reshape(out, scale.shape[1], -1)
+    return ((g - zero.float()[..., None]) * scale.float()[..., None]).reshape(out, n_in).to(dtype)
+
+
+# --- NF4: normal-float levels times a per-block absmax ---------------------------------------
+
+def quantize_nf4(w: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (codes uint8 0..15 [out, in], absmax fp16 [out, in / block_size]). Blocks run along the
+    input dimension of each row, which for row-major storage is bitsandbytes' blocking."""
+    g = _groups(w, block_size)
+    absmax = _stored(g.abs().amax(dim=-1).clamp(min=1e-6))
+    levels = torch.tensor(NF4_LEVELS, device=w.device)
+    mid = (levels[1:] + levels[:-1]) / 2
+    codes = torch.bucketize((g / absmax[..., None]).contiguous(), mid)
+    return codes.to(torch.uint8).reshape(w.shape), absmax.half()
+
+
+def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    out, n_in = codes.shape
+    levels = torch.tensor(NF4_LEVELS, device=codes.device)
+    g = levels[codes.long()].reshape(out, absmax.shape[1], -1)
+    return (g * absmax.float()[..., None]).reshape(out, n_in).to(dtype)
+
+
+# --- MXFP4: the OCP microscaling format, codec in acik.quant.mxfp4 ---------------------------
+
+__all__ = ["NF4_LEVELS", "dequantize_int4", "dequantize_int8", "dequantize_mxfp4", "dequantize_nf4", "pack_nibbles",
+           "quantize_int4", "quantize_int4_hqq", "quantize_int8", "quantize_mxfp4", "quantize_nf4", "unpack_nibbles"]

@@ -1,0 +1,287 @@
+"""Quantization: error bounds, packed layouts, quantized linears against their dequantized
+reference (forward and backward), directories other tools read, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import acik
+from acik.config import ModelConfig
+from acik.llm import LLM
+from acik.model import Transformer
+from acik.quant import METHODS, QuantizationError, methods, quantize_model
+from acik.quant.formats import _pack_rows, _unpack_rows, pack_int32
+from acik.quant.linear import Int4Linear, QuantLinear
+
+GROUP = {"int8": None, "w8a8": None, "int4": 64, "int4-hqq": 64, "nf4": 64, "mxfp4": 32}
+
+
+def weights(out=96, n_in=256, seed=0) -> torch.Tensor:
+    """Gaussian weights with a few outliers, like a trained layer's."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, n_in, generator=g) * 0.02
+    w.view(-1)[torch.randint(0, w.numel(), (out,), generator=g)] *= 8
+    return w
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+# --- quantize -> dequantize error bounds ---------------------------------------------------------
+
+def test_int8_error_within_half_a_step():
+    w = weights()
+    codes, scale = methods.quantize_int8(w)
+    back = methods.dequantize_int8(codes, scale)
+    assert codes.dtype == torch.int8 and scale.shape == (w.shape[0],)
+    assert ((back - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+    assert rel_err(back, w) < 0.02
+
+
+@pytest.mark.parametrize("hqq", [False, True])
+def test_int4_error(hqq):
+    w = weights()
+    quantize = methods.quantize_int4_hqq if hqq else methods.quantize_int4
+    codes, scale, zero = quantize(w, 64)
+    assert codes.max() <= 15 and scale.shape == zero.shape == (w.shape[0], 4)
+    back = methods.dequantize_int4(codes, scale, zero)
+    if not hqq:  # round to nearest over a range that covers the group: within half a step
+        step = scale.float().repeat_interleave(64, dim=1)
+        assert ((back - w).abs() <= step / 2 * 1.01 + 1e-6).all()
+        assert (zero == zero.round()).all()  # integer zero points (compressed-tensors)
+    assert rel_err(back, w) < 0.12
+
+
+def test_hqq_beats_round_to_nearest():
+    """HQQ minimises an l_p (p < 1) error; its mean absolute error must be below plain rounding's."""
+    w = weights(256, 512)
+    rtn = methods.dequantize_int4(*methods.quantize_int4(w, 64))
+    hqq = methods.dequantize_int4(*methods.quantize_int4_hqq(w, 64))
+    assert (hqq - w).abs().mean() < 0.97 * (rtn - w).abs().mean()
+
+
+def test_nf4_error_and_levels():
+    w = weights()
+    codes, absmax = methods.quantize_nf4(w, 64)
+    back = methods.dequantize_nf4(codes, absmax)
+    levels = torch.tensor(methods.NF4_LEVELS)
+    half_gap = (levels[1:] - levels[:-1]).max() / 2
+    assert ((back - w).abs() <= half_gap * absmax.float().repeat_interleave(64, dim=1) * 1.01).all()
+    # Each block's largest magnitude is exactly representable (level +-1 times absmax).
+    assert torch.allclose(back.abs().reshape(-1, 64).amax(1), w.abs().reshape(-1, 64).amax(1), rtol=1e-3)
+    assert rel_err(back, w) < 0.15
+
+
+def test_mxfp4_error():
+    w = weights()
+    back = methods.dequantize_mxfp4(*methods.quantize_mxfp4(w), torch.float32)
+    assert rel_err(back, w) < 0.15
+
+
+# --- packed layouts ------------------------------------------------------------------------------
+
+def test_nibble_pack_round_trip():
+    codes = torch.randint(0, 16, (7, 10), dtype=torch.uint8)
+    packed = methods.pack_nibbles(codes)
+    assert packed.shape == (7, 5)
+    assert (packed[:, 0] == codes[:, 0] | (codes[:, 1] << 4)).all()  # even element in the low nibble
+    assert torch.equal(methods.unpack_nibbles(packed), codes)
+
+
+def test_compressed_tensors_packing_matches_the_library():
+    ct = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
+    codes = torch.randint(0, 16, (24, 64), dtype=torch.uint8)
+    signed = (codes.to(torch.int16) - 8).to(torch.int8)
+    assert torch.equal(pack_int32(methods.pack_nibbles(codes)), ct.pack_to_int32(signed, 4))
+    zeros = torch.randint(0, 16, (20, 3), dtype=torch.uint8)  # 20 rows: packing pads to 24
+    want = ct.pack_to_int32((zeros.to(torch.int16) - 8).to(torch.int8), 4, packed_dim=0)
+    assert torch.equal(_pack_rows(zeros), want)
+    assert torch.equal(_unpack_rows(want, 20), zeros)
+
+
+def test_mxfp4_codes_decode_per_the_spec():
+    """Decode MXFP4 from the E2M1 bit definition (sign, 2-bit exponent bias 1, 1 mantissa bit)."""
+    w = weights(4, 64)
+    blocks, scales = methods.quantize_mxfp4(w)
+    codes = methods.unpack_nibbles(blocks).reshape(4, 2, 32).long()
+    sign, exp, man = codes >> 3, (codes >> 1) & 3, codes & 1
+    mag = torch.where(exp == 0, man * 0.5, (1 + man * 0.5) * 2.0 ** (exp - 1))
+    ref = ((-1.0) ** sign * mag * 2.0 ** (scales.long() - 127)[..., None]).reshape(4, 64)
+    assert torch.equal(methods.dequantize_mxfp4(blocks, scales, torch.float32), ref.float())
+
+
+# --- quantized linears == dequantized reference, forward and backward ----------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantized_linear_matches_dequantized_reference(method, dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 96, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(weights())
+    model = torch.nn.Sequential(linear)
+    quantize_model(model, method, GROUP[method], skip=[])
+    layer = model[0]
+    assert isinstance(layer, QuantLinear) and layer.method == method
+    w = layer.dequantize(torch.float32)
+    x = torch.randn(2, 5, 256, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    x_ref = x.detach().float().requires_grad_()
+    y_ref = torch.nn.functional.linear(x_ref, w, layer.bias.float())
+    assert y.dtype == dtype and y.shape == (2, 5, 96)
+    # The packed kernels compute in bf16; w8a8 also rounds the activations to int8 per token.
+    tol = {"w8a8": 0.03}.get(method, 0.01 if (dtype == torch.bfloat16 or method in ("int8", "int4", "int4-hqq"))
+                             else 1e-5)
+    scale = y_ref.abs().max().item()
+    assert (y.float() - y_ref).abs().max().item() <= tol * scale
+    g = torch.randn_like(y_ref)
+    y.backward(g.to(dtype))
+    y_ref.backward(g)
+    gtol = 0.01 if dtype == torch.bfloat16 else 1e-5
+    assert (x.grad.float() - x_ref.grad).abs().max().item() <= gtol * x_ref.grad.abs().max().item()
+    assert not any(p.requires_grad for p in layer.parameters())  # a frozen base
+
+
+def test_lora_style_training_through_a_frozen_nf4_base():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    quantize_model(model, "nf4", 64, skip=[])
+    a = torch.zeros(64, 4, requires_grad=True)
+    b = (torch.randn(4, 64) * 0.1).requires_grad_()
+    x = torch.randn(8, 64, requires_grad=True)
+    loss = (model(x) + x @ b.t() @ a.t()).pow(2).mean()
+    loss.backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0 and x.grad is not None
+
+
+def test_int4_kernel_used_and_fallback_for_odd_widths():
+    lin = torch.nn.Linear(128, 40)  # 40 outputs: not a multiple of 16, so no packed kernel
+    layer = Int4Linear.from_linear(lin, 32)
+    x = torch.randn(3, 128)
+    assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.dequantize(), lin.bias), atol=1e-5)
+    layer = Int4Linear.from_linear(torch.nn.Linear(128, 48), 32)
+    layer(x)
+    assert layer._kernel is not None
+
+
+# --- model directories ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    cfg = ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    model.init_weights(0)
+    path = tmp_path_factory.mktemp("quant") / "base"
+    LLM(model, cfg).save(path)
+    return path
+
+
+IDS = torch.tensor([[1, 5, 9, 200, 17, 3, 250, 42]])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip(base_dir, tmp_path, method):
+    llm = acik.load(base_dir, quantize=method)
+    with torch.no_grad():
+        before = llm.model(IDS)
+        dense = acik.load(base_dir).model(IDS)
+    assert rel_err(before, dense) < 0.2
+    llm.save(tmp_path / method)
+    qc = json.loads((tmp_path / method / "config.json").read_text())["quantization_config"]
+    assert qc["acik"]["method"] == method
+    manifest = json.loads((tmp_path / method / "acik.json").read_text())
+    assert manifest["quantization"]["method"] == method and manifest["parents"][0]["role"] == "source"
+    again = acik.load(tmp_path / method)
+    with torch.no_grad():
+        assert torch.equal(again.model(IDS), before)
+    with pytest.raises(QuantizationError, match="already quantized"):
+        quantize_model(again.model, "int8")
+    with pytest.raises(QuantizationError, match="already quantized"):
+        acik.load(tmp_path / method, quantize="int4")
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_transformers_reads_compressed_tensors(base_dir, tmp_path, method):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    llm = acik.load(base_dir, quantize=method)
+    llm.save(tmp_path / method)
+    # compressed-tensors 0.20's meta-device setup leaves asymmetric zero points unpacked, so the
+    # int4 route that keeps weights compressed rejects packed ones; dequantize=True reads them.
+    kwargs = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if method == "int4" else {}
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / method, **kwargs).eval()
+    with torch.no_grad():
+        ours = llm.model(IDS).float()
+        theirs = hf(IDS).logits.float()
+        dense = acik.load(base_dir).model(IDS)
+    # Same weights, so agreement far inside the quantization error (ours runs activations in bf16).
+    assert (ours - theirs).abs().max() < 0.1 * (ours - dense).abs().max() + 5e-3
+
+
+def test_info_shows_bits_and_bytes(base_dir, tmp_path):
+    from acik.hf import describe
+
+    acik.load(base_dir, quantize="int4").save(tmp_path / "q")
+    text = describe(tmp_path / "q")
+    assert "int4, group size 64 (compressed-tensors format), 14 linear layers" in text
+    assert "4.32 bits per weight" in text
+
+
+def test_cli_quantize(base_dir, tmp_path, capsys):
+    from acik.cli import main
+
+    out = tmp_path / "nf4"
+    assert main(["quantize", str(base_dir), "--method", "nf4", "--group-size", "32", "--out", str(out)]) == 0
+    assert "nf4" in capsys.readouterr().out
+    manifest = json.loads((out / "acik.json").read_text())
+    assert manifest["quantization"]["group_size"] == 32 and manifest["recipe"]["method"] == "nf4"
+    assert main(["verify", str(out)]) == 0
+    assert main(["quantize", str(out), "--method", "int8", "--out", str(tmp_path / "again")]) == 2
+    assert "already quantized" in capsys.readouterr().err
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(QuantizationError, match="valid methods: int8, int4, int4-hqq, nf4, mxfp4, w8a8"):
+        quantize_model(torch.nn.Sequential(torch.nn.Linear(64, 64)), "int3")
+
+
+def test_group_size_must_divide_in_features():
+    model = torch.nn.Sequential(torch.nn.Linear(96, 64))
+    with pytest.raises(QuantizationError, match=r"0: in_features 96 is not divisible by the group size 64.*32"):
+        quantize_model(model, "int4", 64, skip=[])
+    assert type(model[0]) is torch.nn.Linear  # nothing half-done
+    with pytest.raises(QuantizationError, match="group size 48 not supported"):
+        quantize_model(model, "int4", 48, skip=[])
+    with pytest.raises(QuantizationError, match="one scale per output channel"):
+        quantize_model(model, "int8", 64, skip=[])
+    with pytest.raises(QuantizationError, match="fixes its group size at 32"):
+        quantize_model(model, "mxfp4", 64, skip=[])
+
+
+def test_skip_keeps_layers_dense(base_dir):
+    llm = acik.load(base_dir, quantize="int8", skip=["lm_head", "down_proj", "layers.0"])
+    m = llm.model
+    assert type(m.lm_head) is torch.nn.Linear and type(m.model.layers[1].mlp.down_proj) is torch.nn.Linear
+    assert type(m.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert isinstance(m.model.layers[1].self_attn.q_proj, QuantLinear)
+
+
+@pytest.mark.slow
+def test_nf4_codes_match_bitsandbytes():
+    bnb = pytest.importorskip("bitsandbytes.functional")
+    w = weights(64, 256)
+    packed, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    theirs = packed.flatten()
+    theirs = torch.stack((theirs >> 4, theirs & 0x0F), dim=-1).flatten().reshape(w.shape)  # high nibble first
+    ours, _ = methods.quantize_nf4(w, 64)
+    # Ties can fall either way where our fp16 absmax differs from bitsandbytes' fp32 one.
+    assert (ours == theirs).float().mean() > 0.995
