@@ -65,6 +65,7 @@ _STAGE_MODULES: list[str] = [
     "acik.train.pretrain",
     "acik.engine.generate",
     "acik.quant.cli",
+    "acik.serve",
 ]
 
 

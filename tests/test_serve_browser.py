@@ -1,0 +1,121 @@
+"""The chat page in a real browser (headless Chromium driven by Playwright): it streams a reply, talks only
+to its own origin, renders model output as text (no HTML injection), and fits a phone-width screen.
+Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from acik.serve import ServerConfig, create_app
+from acik.tokenizer import load_tokenizer, save_byte_tokenizer
+from serve_helpers import LiveServer, ScriptedEngine
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+XSS = '<img src=x onerror="window.__pwned=1">'
+REPLY = f"Here is **bold** text, `inline code` and an attempt: {XSS} <script>window.__pwned=2</script>\n\n" \
+        "- one\n- two\n\n```python\nprint('hi')\n```"
+
+
+def chromium_path() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("headless Chromium is not installed: run `apt-get install -y chromium` (Debian/Ubuntu) "
+                "and `pip install playwright` to run the browser tests")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = chromium_path()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download "
+                                   "needed: the tests use the system Chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory):
+    tok = load_tokenizer(save_byte_tokenizer(tmp_path_factory.mktemp("tok")))
+    app = create_app(ScriptedEngine(REPLY, delay=0.02), tok, ServerConfig("acik-demo", 512, 260))
+    with LiveServer(app) as s:
+        yield s
+
+
+def test_chat_page(browser, page_server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.getElementById('model-name').textContent === 'acik-demo'")
+    page.fill("#input", "Say something with markup")
+    page.keyboard.press("Enter")
+    assert page.locator(".msg.user .body").inner_text() == "Say something with markup"
+
+    # Streamed: the reply grows in several steps while the stop button is shown.
+    lengths = []
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        text = page.evaluate("(document.querySelector('.msg.assistant .body') || {}).textContent || ''")
+        if not lengths or len(text) != lengths[-1]:
+            lengths.append(len(text))
+        if page.locator("#send").is_visible():
+            break
+        time.sleep(0.03)
+    assert len([n for n in lengths if n > 0]) >= 3, lengths
+    page.wait_for_selector(".msg.assistant .meta")
+
+    body = page.locator(".msg.assistant .body")
+    text = body.inner_text()
+    assert XSS in text and "<script>window.__pwned=2</script>" in text  # shown as text...
+    assert body.locator("img").count() == 0 and body.locator("script").count() == 0  # ...never as HTML
+    assert page.evaluate("window.__pwned") is None
+    assert body.locator("strong").inner_text() == "bold"
+    assert body.locator("pre code").inner_text() == "print('hi')"
+    assert body.locator("li").count() == 2
+    assert "tokens/s" in page.locator(".msg.assistant .meta").inner_text()
+
+    # Kept in this browser's storage, not on the server.
+    stored = page.evaluate("JSON.parse(localStorage.getItem('acik.conversations.v1'))")
+    assert stored[0]["messages"][1]["content"] == REPLY
+
+    origin = page_server.url
+    assert requests and all(u.startswith(origin + "/") or u.startswith("data:") for u in requests), requests
+    assert not errors, errors
+    page.screenshot(path=str(ARTIFACTS / "serve-chat-desktop.png"))
+
+    # Phone width: no sideways scrolling, composer visible.
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    assert page.locator("#input").is_visible() and page.locator("#send").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "serve-chat-phone.png"))
+    context.close()
+
+
+def test_stop_button(browser, page_server):
+    context = browser.new_context(viewport={"width": 900, "height": 700})
+    page = context.new_page()
+    page.goto(page_server.url + "/")
+    page.fill("#input", "a long answer please")
+    page.click("#send")
+    page.wait_for_function("(document.querySelector('.msg.assistant .body') || {}).textContent?.length > 5")
+    page.click("#stop")
+    page.wait_for_selector("#send", state="visible")
+    assert len(page.locator(".msg.assistant .body").inner_text()) < len(REPLY)
+    # A new chat starts empty; the old one stays in the list.
+    page.click("#new-chat")
+    assert page.locator(".msg").count() == 0 and page.locator("#conversations li").count() >= 2
+    context.close()
