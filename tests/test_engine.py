@@ -12,14 +12,23 @@ from acik.llm import LLM
 from acik.model.transformer import Transformer
 from acik.tokenizer import save_byte_tokenizer
 from hf_models import make_hf_model
+from test_moe_parity import CASES as MOE_CASES
 from test_parity import CASES
 
-# Every family acik loads (the parity cases of test_parity), with a prompt longer than the sliding
-# windows (7 and 5) and a prefill chunk smaller than the prompt. A new family is one name here; the
-# RoPE variants of llama are kept for the slow run.
-FAMILIES = ["llama", "llama-bias-headdim", "mistral-window", "qwen2-window-layers", "qwen3-qknorm", "olmo2"]
-FAMILIES += [pytest.param(n, marks=pytest.mark.slow) for n in CASES if n not in FAMILIES]
+# Every family acik loads: the parity cases of test_parity and test_moe_parity (a new family added there is
+# tested here too), with a prompt longer than the sliding windows (5 to 8) and a prefill chunk smaller than it.
+CASES = {**CASES, **MOE_CASES}
+FAMILIES = list(CASES)
 PROMPT_LEN, NEW = 20, 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine two threads wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def prompt(n: int = PROMPT_LEN, seed: int = 3, vocab: int = 97) -> list[int]:

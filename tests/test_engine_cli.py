@@ -4,6 +4,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from acik.cli import main
 from acik.config import preset
@@ -105,3 +106,61 @@ def test_chat_stream_equals_chat(model_dir):
     msgs = [{"role": "user", "content": "Hi"}]
     whole = llm.chat(msgs, max_new_tokens=10, temperature=0)
     assert "".join(llm.chat(msgs, max_new_tokens=10, temperature=0, stream=True)) == whole
+
+
+HARMONY_TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'assistant' %}<|start|>assistant<|channel|>final<|message|>"
+    "{{ m.content }}<|end|>{% else %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+)
+HARMONY_TOKENS = ["<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>"]
+
+
+class ScriptedModel(torch.nn.Module):
+    """Says `script` (token ids) whatever the prompt: logits favour script[i] at the i-th new position."""
+
+    def __init__(self, script, vocab, prompt_len):
+        super().__init__()
+        self.script, self.vocab, self.prompt_len = script, vocab, prompt_len
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids, positions, cache=None, last_only=False):
+        pos = positions[:, -1:] if last_only else positions
+        logits = torch.zeros(*pos.shape, self.vocab)
+        for b in range(pos.shape[0]):
+            for t in range(pos.shape[1]):
+                i = int(pos[b, t]) + 1 - self.prompt_len
+                logits[b, t, self.script[min(max(i, 0), len(self.script) - 1)]] = 10.0
+        return logits
+
+
+def test_chat_shows_gpt_oss_reasoning_apart(tmp_path):
+    save_byte_tokenizer(tmp_path)
+    tok_json = json.loads((tmp_path / "tokenizer.json").read_text())
+    for i, t in enumerate(HARMONY_TOKENS):
+        tok_json["added_tokens"].append({"id": 260 + i, "content": t, "single_word": False, "lstrip": False,
+                                         "rstrip": False, "normalized": False, "special": True})
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tok_json))
+    cfg_json = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    cfg_json.update(chat_template=HARMONY_TEMPLATE, eos_token="<|return|>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg_json))
+    from acik.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tmp_path)
+    assert tok.is_harmony
+    said = ("<|channel|>analysis<|message|>Let me think.<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>Hi!<|return|>")
+    script = tok.encode(said, add_special_tokens=False)
+    messages = [{"role": "user", "content": "Hello"}]
+    prompt_len = len(tok.apply_chat_template(messages, tokenize=True))
+    cfg = preset("tiny", vocab_size=266)
+    llm = LLM(ScriptedModel(script, 266, prompt_len), cfg, tokenizer_dir=tmp_path)
+    assert llm.chat(messages, max_new_tokens=64) == "Hi!"
+    assert "".join(llm.chat(messages, max_new_tokens=64, stream=True)) == "Hi!"
+    out = io.StringIO()
+    chat_loop(llm, dict(max_new_tokens=64), inp=io.StringIO("Hello\n\n/save " + str(tmp_path / "c.json") + "\n"),
+              out=out)
+    text = out.getvalue()
+    assert "[thinking] Let me think." in text and "[answer] Hi!" in text
+    saved = json.loads((tmp_path / "c.json").read_text())["messages"]
+    assert saved[-1] == {"role": "assistant", "content": "Hi!", "thinking": "Let me think."}

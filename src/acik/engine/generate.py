@@ -42,6 +42,16 @@ def _stream_text(handle: Handle) -> Iterator[str]:
             handle.cancel()
 
 
+def _stream_ids(handle: Handle) -> Iterator[int]:
+    try:
+        for ev in handle:
+            if ev.token_id is not None:
+                yield ev.token_id
+    finally:
+        if not handle.finished:
+            handle.cancel()
+
+
 def generate(llm, prompt, stream: bool = False, **sampling: Any):
     """See `LLM.generate`."""
     is_ids = isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int))
@@ -55,9 +65,7 @@ def generate(llm, prompt, stream: bool = False, **sampling: Any):
         ids = list(p) if not isinstance(p, str) else llm.tokenizer.encode(p)
         handles.append(engine.submit(_request(ids, sampling)))
     if stream:
-        if is_ids:
-            return (ev.token_id for ev in handles[0] if ev.token_id is not None)
-        return _stream_text(handles[0])
+        return _stream_ids(handles[0]) if is_ids else _stream_text(handles[0])
     outs = []
     for p, h in zip(prompts, handles):
         events = list(h)
@@ -86,21 +94,34 @@ def chat(llm, messages: list[dict], stream: bool = False, **sampling: Any):
             return _harmony_final(_stream_text(handle))
         return _stream_text(handle)
     text = "".join(ev.text for ev in handle)
-    if tok.is_harmony:
-        from acik.harmony import parse_harmony, to_chat_message
+    return _harmony_reply(text)["content"] if tok.is_harmony else text
 
-        return to_chat_message(parse_harmony(text))["content"]
-    return text
+
+def _harmony_reply(text: str) -> dict[str, Any]:
+    """The assistant message in gpt-oss's harmony output (the raw text if it is not valid harmony)."""
+    from acik.harmony import HarmonyError, parse_harmony, to_chat_message
+
+    try:
+        return to_chat_message(parse_harmony(text))
+    except HarmonyError:
+        return {"role": "assistant", "content": text}
 
 
 def _harmony_final(pieces: Iterator[str]) -> Iterator[str]:
-    from acik.harmony import HarmonyStream
+    from acik.harmony import HarmonyError, HarmonyStream
 
-    parser = HarmonyStream()
+    parser: HarmonyStream | None = HarmonyStream()
     for piece in pieces:
-        for channel, _, delta in parser.feed(piece):
-            if channel == "final":
-                yield delta
+        if parser is None:
+            yield piece
+            continue
+        try:
+            for channel, _, delta in parser.feed(piece):
+                if channel == "final":
+                    yield delta
+        except HarmonyError:  # not harmony after all: pass the text through
+            parser = None
+            yield piece
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +160,8 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | Path | None =
 
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
         raise ValueError(f"{repo_id!r} is not a Hub repo id (owner/name)")
-    if constants.HF_HUB_OFFLINE:
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if constants.HF_HUB_OFFLINE or offline_env:  # the constant is read once, at import
         raise ConnectionError(f"cannot pull {repo_id}: Hugging Face Hub access is off (HF_HUB_OFFLINE is set); "
                               "unset HF_HUB_OFFLINE, or copy the model directory here and pass its path")
     out = Path(out_dir) if out_dir else models_dir() / repo_id
@@ -266,7 +288,7 @@ def _read_message(inp, out) -> str | None:
 
 def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None, out=None) -> None:
     """The interactive chat of `acik chat` (reads `inp`, writes `out`)."""
-    from acik.harmony import HarmonyStream, parse_harmony, to_chat_message
+    from acik.harmony import HarmonyError, HarmonyStream
 
     inp, out = inp or sys.stdin, out or sys.stdout
     tok = llm.tokenizer
@@ -317,15 +339,19 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
                 if first is None:
                     first = time.perf_counter()
                 reply += ev.text
-                if parser is None:
-                    out.write(ev.text)
-                else:  # gpt-oss: reasoning (analysis channel) shown apart from the answer
-                    for channel, _, delta in parser.feed(ev.text):
-                        kind = "final" if channel == "final" else "thinking"
-                        if kind != shown:
-                            out.write("\n[thinking] " if kind == "thinking" else "\n[answer] ")
-                            shown = kind
-                        out.write(delta)
+                if parser is not None:  # gpt-oss: reasoning (analysis channel) shown apart from the answer
+                    try:
+                        for channel, _, delta in parser.feed(ev.text):
+                            kind = "final" if channel == "final" else "thinking"
+                            if kind != shown:
+                                out.write("\n[thinking] " if kind == "thinking" else "\n[answer] ")
+                                shown = kind
+                            out.write(delta)
+                        out.flush()
+                        continue
+                    except HarmonyError:  # malformed harmony: show the raw text from here on
+                        parser = None
+                out.write(ev.text)
                 out.flush()
         except KeyboardInterrupt:
             handle.cancel()
@@ -335,7 +361,7 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
         rate = (n - 1) / dt if n > 1 and dt > 0 else 0.0
         out.write(f"\n[{n} tokens, {rate:.1f} tokens/s, first token after {(first or t0) - t0:.2f}s]\n")
         if harmony:
-            msg = to_chat_message(parse_harmony(reply))
+            msg = _harmony_reply(reply)
             messages.append({k: v for k, v in msg.items() if k in ("role", "content", "thinking")})
         else:
             messages.append({"role": "assistant", "content": reply})

@@ -82,19 +82,21 @@ class Handle:
         self.completion_tokens = 0
         self.prompt_logprobs: list[float | None] | None = None
         self.token_ids: list[int] = []
+        self._drained = False
 
     def cancel(self) -> None:
         self.cancelled = True
         self._engine._wake.set()
 
     def __iter__(self):
-        while True:
+        while not self._drained:
             ev = self._events.get()
             if isinstance(ev, BaseException):
+                self._drained = True
                 raise RuntimeError(f"the engine failed: {ev}") from ev
-            yield ev
             if ev.finish_reason is not None:
-                return
+                self._drained = True  # a second loop over a finished handle ends at once
+            yield ev
 
     def text(self) -> str:
         """Consume the stream; return the whole generated text."""
