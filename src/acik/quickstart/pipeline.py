@@ -345,12 +345,14 @@ def run_eval(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
             return loglikelihoods(model, pairs, batch_size=r.eval.batch_size)
 
         scored = score_multiple_choice(docs, llm.tokenizer, scorer)
+        calibrated = calibrated_accuracy(docs, scored["loglikelihoods"], llm.tokenizer, scorer)
         nll, ppl, count = perplexity(llm.model, val_ids)
         results["models"][stage] = {"label": label, "acc": scored["acc"], "acc_norm": scored["acc_norm"],
-                                    "n": scored["n"], "val_loss": nll, "val_perplexity": ppl, "val_tokens": count}
+                                    "acc_calibrated": calibrated, "n": scored["n"], "val_loss": nll,
+                                    "val_perplexity": ppl, "val_tokens": count}
         predictions.append([max(range(len(lls)), key=lls.__getitem__) for lls in scored["loglikelihoods"]])
-        _say(f"      {label}: held-out accuracy {scored['acc']:.1%} (length-normalised {scored['acc_norm']:.1%}), "
-             f"validation loss {nll:.3f}")
+        _say(f"      {label}: held-out accuracy {scored['acc']:.1%} (length-normalised {scored['acc_norm']:.1%}, "
+             f"calibrated {calibrated:.1%}), validation loss {nll:.3f}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = [{"name": m["name"], "gold": m["gold"], **{s: p[i] for s, p in zip(MODEL_STAGES, predictions)}}
@@ -359,6 +361,26 @@ def run_eval(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
 
     write_jsonl(out / "predictions.jsonl", rows)
     return {"kind": "eval", "recipe": to_dict(r.eval), "extra": {"results": results["models"]}}
+
+
+NEUTRAL_QUESTION = "What does it do?"
+
+
+def calibrated_accuracy(docs: list[dict], lls: list[list[float]], tokenizer, scorer) -> float:
+    """Accuracy when each answer's log-likelihood after its question is measured against its log-likelihood
+    after a question that names nothing ("What does it do?"): the pointwise mutual information of question and
+    answer (Holtzman et al. 2021). It removes the answers' prior (short, common phrasing wins otherwise), so
+    it measures whether the model ties the answer to the name it was asked about."""
+    neutral = chat_prompt(tokenizer)(NEUTRAL_QUESTION)
+    answers = sorted({a for d in docs for a in d["continuations"]})
+    context = tokenizer.encode(neutral, add_special_tokens=True)
+    prior = dict(zip(answers, (ll for ll, _ in scorer([(context, tokenizer.encode(a, add_special_tokens=False))
+                                                       for a in answers]))))
+    correct = 0
+    for d, row in zip(docs, lls):
+        pmi = [ll - prior[a] for ll, a in zip(row, d["continuations"])]
+        correct += int(max(range(len(pmi)), key=pmi.__getitem__) == d["gold"])
+    return correct / max(len(docs), 1)
 
 
 def run_report(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[str]) -> dict:
@@ -471,7 +493,8 @@ def closing_message(root: Path, results: dict, total: float, timings: dict) -> s
     lines = ["", f"Done in {total:.0f} s. Held-out questions ({results['questions']}, 4 choices, chance 25%):"]
     for stage in MODEL_STAGES:
         r = m[stage]
-        lines.append(f"  {r['label']:<18} accuracy {r['acc']:6.1%}   validation loss {r['val_loss']:.3f}")
+        calibrated = f"   calibrated {r['acc_calibrated']:6.1%}" if "acc_calibrated" in r else ""
+        lines.append(f"  {r['label']:<18} accuracy {r['acc']:6.1%}{calibrated}   validation loss {r['val_loss']:.3f}")
     if m["finetune"]["acc"] <= m["pretrain"]["acc"]:
         lines.append("  note: fine-tuning did not beat the pretrained model on this run")
     lines += [
