@@ -57,9 +57,10 @@ def plot_eval(results: dict, out: Path) -> Path:
     labels = [m["label"] for m in models.values()]
     fig, (ax, tab) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, gridspec_kw={"width_ratios": [1, 1.3]})
     x = range(len(labels))
-    ax.bar([i - 0.2 for i in x], [m["acc"] * 100 for m in models.values()], width=0.4, label="accuracy")
-    ax.bar([i + 0.2 for i in x], [m["acc_norm"] * 100 for m in models.values()], width=0.4,
-           label="length-normalised")
+    ax.bar([i - 0.27 for i in x], [m["acc"] * 100 for m in models.values()], width=0.27, label="accuracy")
+    ax.bar(list(x), [m["acc_norm"] * 100 for m in models.values()], width=0.27, label="length-normalised")
+    ax.bar([i + 0.27 for i in x], [m.get("acc_calibrated", 0) * 100 for m in models.values()], width=0.27,
+           label="calibrated (PMI)")
     ax.axhline(results["chance"] * 100, color="grey", linestyle="--", linewidth=1, label="chance (25%)")
     ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_ylabel("% correct")
@@ -67,17 +68,23 @@ def plot_eval(results: dict, out: Path) -> Path:
     ax.set_title(f"{results['questions']} held-out questions, 4 choices")
     ax.legend(fontsize=8, loc="upper left")
     tab.axis("off")
-    rows = [[m["label"], f"{m['acc']:.1%}", f"{m['acc_norm']:.1%}", f"{m['val_loss']:.3f}",
-             f"{m['val_perplexity']:.1f}"] for m in models.values()]
-    table = tab.table(cellText=rows, colLabels=["model", "accuracy", "acc (norm)", "val loss", "val ppl"],
+    rows = [[m["label"], f"{m['acc']:.1%}", f"{m['acc_norm']:.1%}", _pct(m.get("acc_calibrated")),
+             f"{m['val_loss']:.3f}", f"{m['val_perplexity']:.1f}"] for m in models.values()]
+    table = tab.table(cellText=rows, colLabels=["model", "accuracy", "acc (norm)", "calibrated", "val loss",
+                                                "val ppl"],
                       loc="center", cellLoc="center")
     table.auto_set_font_size(False)
-    table.set_fontsize(9)
+    table.set_fontsize(8)
+    table.auto_set_column_width(col=list(range(6)))
     table.scale(1, 1.6)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def _manifest(path: Path) -> dict:
@@ -103,17 +110,22 @@ def write_report(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, result
              f"{results['questions']} questions such as \"What does `textwrap.dedent` do?\" were held out of "
              "fine-tuning. Each is asked as a 4-way multiple choice: its true answer (the first sentences of the "
              "docstring) and the answers of three other held-out questions, scored by the log-likelihood of each "
-             "answer after the chat prompt. Chance is 25%.", "",
+             "answer after the chat prompt. Chance is 25%. *Length-normalised* divides by the answer's bytes; "
+             "*calibrated* subtracts each answer's log-likelihood after a question that names nothing "
+             "(\"What does it do?\"), so an answer's own likelihood cannot win: what is left is how much the "
+             "name asked about raises it.", "",
              "![evaluation](report_eval.png)", "",
-             "| model | directory | accuracy | length-normalised | validation loss | validation perplexity |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| model | directory | accuracy | length-normalised | calibrated | validation loss | "
+             "validation perplexity |", "|---|---|---:|---:|---:|---:|---:|"]
     for stage, m in models.items():
-        lines.append(f"| {m['label']} | `{stage}/` | {m['acc']:.1%} | {m['acc_norm']:.1%} | {m['val_loss']:.3f} | "
-                     f"{m['val_perplexity']:.1f} |")
+        lines.append(f"| {m['label']} | `{stage}/` | {m['acc']:.1%} | {m['acc_norm']:.1%} | "
+                     f"{_pct(m.get('acc_calibrated'))} | {m['val_loss']:.3f} | {m['val_perplexity']:.1f} |")
     verdict = ("Fine-tuning improved held-out accuracy" if models["finetune"]["acc"] > models["pretrain"]["acc"]
                else "Fine-tuning did **not** improve held-out accuracy on this run")
     lines += ["", f"{verdict}: {models['pretrain']['acc']:.1%} before, {models['finetune']['acc']:.1%} after "
-              f"({models['int8']['acc']:.1%} in int8). Validation loss is on the corpus's held-out documents.", ""]
+              f"({models['int8']['acc']:.1%} in int8); calibrated {_pct(models['pretrain'].get('acc_calibrated'))} "
+              f"before, {_pct(models['finetune'].get('acc_calibrated'))} after. Validation loss is on the corpus's "
+              "held-out documents.", ""]
     lines += _examples(inputs)
     lines += ["## Training", "", "![loss curves](report_loss.png)", ""]
     pre, ft = _manifest(inputs["pretrain"]), _manifest(inputs["finetune"])
@@ -210,6 +222,8 @@ def write_model_cards(inputs: dict[str, Path], r: QuickstartRecipe, results: dic
                         f"({results['questions']}, 4 choices)", "split": "heldout"},
             "metrics": [{"type": "accuracy", "value": round(res["acc"], 4), "name": "accuracy"},
                         {"type": "accuracy", "value": round(res["acc_norm"], 4), "name": "length-normalised accuracy"},
+                        *([{"type": "accuracy", "value": round(res["acc_calibrated"], 4),
+                            "name": "calibrated accuracy (PMI)"}] if "acc_calibrated" in res else []),
                         {"type": "perplexity", "value": round(res["val_perplexity"], 3),
                          "name": "validation perplexity (corpus)"}]}]}]
         cfg = json.loads((d / "config.json").read_text())
@@ -254,6 +268,8 @@ def write_model_cards(inputs: dict[str, Path], r: QuickstartRecipe, results: dic
                   "| metric | value |", "|---|---:|",
                   f"| held-out accuracy ({results['questions']} questions, 4 choices, chance 25%) | {res['acc']:.1%} |",
                   f"| length-normalised accuracy | {res['acc_norm']:.1%} |",
+                  f"| calibrated accuracy (answer's log-likelihood minus its likelihood after \"What does it do?\") "
+                  f"| {_pct(res.get('acc_calibrated'))} |",
                   f"| validation loss / perplexity on held-out corpus documents | {res['val_loss']:.3f} / "
                   f"{res['val_perplexity']:.1f} |", "",
                   "## Use", "", "```bash", f"acik chat {d}", f"acik serve {d}", "```", "",
