@@ -433,8 +433,10 @@ def run_stage(stage: str, out: Path, inputs: dict[str, Path], r: QuickstartRecip
     for name, path in inputs.items():
         if not (path / "acik.json").exists():
             raise FileNotFoundError(f"--{name} {path}: not a finished {name} stage (no acik.json); run it first")
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists():  # start clean, but keep a training stage's resumable checkpoints (.train/)
+        for item in out.iterdir():
+            if item.name != ".train":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
     t0, c0 = time.perf_counter(), _cpu_seconds()
     facts = RUNNERS[stage](out, inputs, r, cmd)
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0

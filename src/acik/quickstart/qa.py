@@ -34,6 +34,7 @@ class QASettings:
     min_answer_chars: int = 24
     max_answer_chars: int = 200
     classes: bool = True  # also "What is `module.Class`?"
+    signatures: bool = True  # "What does `textwrap.dedent(text)` do?": the parameters give the question hooks
     max_train: int | None = None  # cap on training pairs (null: all)
 
 
@@ -66,10 +67,27 @@ def first_sentences(doc: str, s: QASettings) -> str | None:
             if len(candidate) > s.max_answer_chars:
                 break
             answer = candidate
-        if len(answer) < s.min_answer_chars or len(answer.split()) < 4 or answer[-1] not in ".!?":
+        if (len(answer) < s.min_answer_chars or len(answer.split()) < 4 or answer[-1] not in ".!?"
+                or not (answer[0].isalnum() or answer[0] in "`'\"*(")):
             return None
         return answer
     return None
+
+
+def _arguments(node: ast.FunctionDef | ast.AsyncFunctionDef, method: bool) -> str:
+    """The parameters as written in the source, without a method's `self`/`cls`: names like `path` or `encoding`
+    are what a docstring's first sentence often talks about."""
+    args = node.args
+    static = any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list)
+    if method and not static and (args.posonlyargs or args.args):
+        # `self` never has a default, so the defaults still line up with the last parameters.
+        args = ast.arguments(posonlyargs=args.posonlyargs[1:], args=args.args[0 if args.posonlyargs else 1:],
+                             vararg=args.vararg, kwonlyargs=args.kwonlyargs, kw_defaults=args.kw_defaults,
+                             kwarg=args.kwarg, defaults=args.defaults)
+    try:
+        return ast.unparse(args)
+    except Exception:  # noqa: BLE001 - exotic syntax: the name alone still reads well
+        return "..."
 
 
 def _public(name: str) -> bool:
@@ -86,7 +104,8 @@ def pairs_of_module(source: str, module: str, s: QASettings) -> Iterator[dict]:
                 answer = first_sentences(doc, s) if doc else None
                 if answer:
                     name = f"{module}.{prefix}{node.name}"
-                    yield {"name": name, "question": f"What does `{name}` do?", "answer": answer}
+                    call = f"{name}({_arguments(node, method=bool(prefix))})" if s.signatures else name
+                    yield {"name": name, "question": f"What does `{call}` do?", "answer": answer}
             elif isinstance(node, ast.ClassDef) and _public(node.name):
                 doc = ast.get_docstring(node)
                 answer = first_sentences(doc, s) if doc and s.classes else None
