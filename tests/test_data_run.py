@@ -225,6 +225,8 @@ def test_end_to_end_with_one_percent_corrupt_records(tmp_path):
     for d in docs:
         by_split[shards.split_of(d["text"], 0.01)].append(d["text"])
     assert len(by_split["val"]) >= 1
+    assert [d["text"] for d in shards.read_documents(out, "val")] == by_split["val"]
+    assert len(list(shards.read_documents(out))) == len(docs)
     for split, texts in by_split.items():
         toks = shards.load_tokens(out, split)
         assert len(toks) == side["splits"][split]["tokens"]
@@ -422,3 +424,22 @@ def test_default_recipe_is_the_dataclass_defaults():
 
     assert dataclasses.asdict(load_data_recipe(None)) == dataclasses.asdict(DataRecipe())
     assert PythonEnvSource().stdlib is True
+
+
+def test_warc_folder_end_to_end(tmp_path):
+    root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (root / "warc").exists():
+        pytest.skip(f"{root / 'warc'} not found (set ACIK_SHARED_DATA)")
+    off = [f"{f}.enabled=false" for f in ("gopher_repetition", "gopher_quality", "c4", "fineweb")]
+    summary = runner.run(
+        [str(root / "warc")],
+        tmp_path / "w",
+        workers=1,
+        license="Apache-2.0",
+        overrides=off + ["dedup.exact=false", "dedup.near=false"],
+    )
+    assert summary["documents_in"] == 5 and summary["documents_kept"] == 5
+    docs = [d for p in sorted((tmp_path / "w" / "documents").glob("*.jsonl.zst")) for d in read_zst_jsonl(p)]
+    assert {d["metadata"]["url"] for d in docs} == {"http://example.com/", "http://www.iana.org/"}
+    assert all(d["license"] == "Apache-2.0" and d["language"] == "en" for d in docs)
+    assert all("<html" not in d["text"].lower() for d in docs)

@@ -24,7 +24,7 @@ import zstandard
 from acik.data import decontam, dedup, filters, langid, pii
 from acik.data.extract import html_to_text
 from acik.data.licenses import allowed, normalize_license
-from acik.data.recipe import DataRecipe, load_data_recipe
+from acik.data.recipe import DataRecipe, PIIConfig, load_data_recipe
 from acik.data.sources import read_task
 from acik.recipe import from_dict
 
@@ -179,7 +179,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
         stats["records_in"] += 1
         stats["bytes_in"] += rec.get("bytes", 0)
         result = process_record(rec, recipe, ctx)
-        if result is None:
+        if result is None:  # a lost record; check_task below reports it with the counts
             continue
         outcome, row = result
         if outcome == "kept":
@@ -224,7 +224,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
 
 def _example(text: str, recipe: DataRecipe) -> str:
     short = " ".join(text[:EXAMPLE_CHARS].split())
-    short, _ = pii.scrub(short, recipe.pii)
+    short, _ = pii.scrub(short, PIIConfig())  # the card is public even when the corpus keeps PII
     return short + ("…" if len(text) > EXAMPLE_CHARS else "")
 
 
@@ -301,13 +301,15 @@ def _execute_ray(pending: list[dict], recipe_dict: dict, work: Path, workers: in
 
 
 def _fingerprint(tasks: list[dict], recipe_dict: dict) -> str:
+    """What earlier task results depend on: plan, recipe, and the input and eval files' sizes and times."""
     from acik.manifest import canonical_json_hash
 
+    paths = [f for t in tasks if t["kind"] == "files" for f in t["files"]]
+    paths += list(recipe_dict["decontamination"]["eval_sets"])
     files = []
-    for t in tasks:
-        for f in t.get("files", []) if t["kind"] == "files" else []:
-            st = Path(f).stat()
-            files.append([f, st.st_size, st.st_mtime_ns])
+    for f in paths:
+        st = Path(f).stat() if Path(f).exists() else None
+        files.append([f, st.st_size if st else None, st.st_mtime_ns if st else None])
     return canonical_json_hash({"tasks": tasks, "recipe": recipe_dict, "files": files})
 
 
@@ -503,14 +505,17 @@ def _dedup_and_store(out: Path, work: Path, tasks: list[dict], recipe: DataRecip
 
 
 def _write_manifest(out: Path, recipe_dict: dict, recipe: DataRecipe, card: dict, tokenizer, command) -> None:
-    from acik.manifest import write_manifest
+    from acik.manifest import read_manifest, write_manifest
 
     parents = []
     tok = card.get("tokens")
     if tok:
+        parent = {"role": "tokenizer"}
+        if tokenizer and (Path(tokenizer) / "acik.json").exists():
+            parent["directory_hash"] = read_manifest(tokenizer)["directory_hash"]
         parents.append(
             {
-                "role": "tokenizer",
+                **parent,
                 "path": str(tokenizer) if tokenizer else "acik:byte-level",
                 "tokenizer_identity": tok["tokenizer_identity"],
             }

@@ -131,6 +131,26 @@ def iter_documents(data_dir: str | Path) -> Iterator[dict]:
                     yield json.loads(line)
 
 
+def read_documents(data_dir: str | Path, split: str | None = None) -> Iterator[dict]:
+    """The kept documents in order; with `split` ("train" or "val"), only those the token shards put there."""
+    if split is None:
+        yield from iter_documents(data_dir)
+        return
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+    try:
+        info = read_sidecar(data_dir)
+        fraction, seed = info["val_fraction"], info.get("split_seed", 0)
+    except FileNotFoundError:  # not tokenized: the recipe says where the split would fall
+        from acik.manifest import read_manifest
+
+        recipe = read_manifest(data_dir)["recipe"]
+        fraction, seed = recipe["tokenize"]["val_fraction"], recipe["seed"]
+    for doc in iter_documents(data_dir):
+        if split_of(doc["text"], fraction, seed) == split:
+            yield doc
+
+
 def tokenize_documents(data_dir: str | Path, tokenizer_dir: str | Path | None, cfg, seed: int = 0) -> dict:
     """(Re)write DATA_DIR/tokens from DATA_DIR/documents; returns the summary stored in tokens.json."""
     from tokenizers import Tokenizer
