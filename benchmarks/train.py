@@ -9,8 +9,10 @@
     finishes its learning-rate schedule inside the budget. Both are scored on the same validation windows.
 (b) Training tokens/s (forward, backward, AdamW step) of one Llama-architecture config in acik and in
     transformers' LlamaForCausalLM, both in a plain loop, median of several alternating runs.
+(c) With --moe-run RUN (a run of recipes/small-moe.yaml): the elastic-experts table, validation
+    perplexity and forward tokens/s with all experts, the most used half (acik moe-shrink), and top-1.
 
-    python benchmarks/train.py [--budget 180] [--threads 2] [--skip-a] [--skip-b]
+    python benchmarks/train.py [--budget 180] [--threads 2] [--compile] [--skip-a] [--skip-b] [--moe-run RUN]
 """
 
 from __future__ import annotations
@@ -104,9 +106,15 @@ def bench_a(budget: float) -> list[tuple]:
     data = load_data(TEXT)  # byte level, last 10% held out: the same split both models train and score on
     x, y = val_windows(data.val)
     with tempfile.TemporaryDirectory() as tmp:
-        # Calibrate: steps each side can do in the budget (acik's includes its start-up, export and report).
+        # Calibrate: steps each side can do in the budget. acik's fixed costs (data loading, export,
+        # report) come out of its budget; its step time comes from its own metrics log.
         _, n, secs, s = acik_run(60, Path(tmp) / "cal")
-        acik_steps = int(60 * budget / secs * 0.97)
+        import json
+
+        log = [json.loads(line) for line in (Path(tmp) / "cal" / "metrics.jsonl").read_text().splitlines()]
+        walls = {r["step"]: r["wall_s"] for r in log if r["kind"] == "train"}
+        step_s = (walls[60] - walls[1]) / 59
+        acik_steps = int((budget - (secs - 60 * step_s)) / step_s * 0.97)
         _, n, secs = gpt2_run(data.train, 60, None)
         gpt_steps = int(60 * budget / secs * 0.97)
         print(f"calibrated: acik {acik_steps} steps, GPT-2 {gpt_steps} steps in {budget:.0f} s", file=sys.stderr)
@@ -119,7 +127,7 @@ def bench_a(budget: float) -> list[tuple]:
             ("nanoGPT published (2000 iters, its own CPU)", 2000, "~180", 12, 64, "1.88")]
 
 
-def bench_b(steps: int, repeats: int) -> list[tuple]:
+def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from acik.config import ModelConfig
@@ -142,6 +150,15 @@ def bench_b(steps: int, repeats: int) -> list[tuple]:
                                   betas=(0.9, 0.95), eps=1e-8)
         return timed(lambda b: token_losses(model(b[:, :-1]), b[:, 1:]) / b[:, 1:].numel(), model, opt)
 
+    def run_acik_compiled() -> float:
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        model.init_weights(0)
+        compiled = torch.compile(model)  # what the loop does with `compile: true`
+        (opt,) = build_optimizers(list(model.named_parameters()), optimizer="adamw", lr=1e-3, weight_decay=0.1,
+                                  betas=(0.9, 0.95), eps=1e-8)
+        return timed(lambda b: token_losses(compiled(b[:, :-1]), b[:, 1:]) / b[:, 1:].numel(), model, opt)
+
     def run_hf() -> float:
         torch.manual_seed(0)
         hf_cfg = LlamaConfig(**{k: v for k, v in config_to_hf(cfg).items() if k not in ("architectures",)})
@@ -162,14 +179,59 @@ def bench_b(steps: int, repeats: int) -> list[tuple]:
             opt.zero_grad(set_to_none=True)
         return steps * batch * seq / (time.perf_counter() - t0)
 
-    ours, theirs = [], []
+    ours, compiled, theirs = [], [], []
     for _ in range(repeats):
         ours.append(run_acik())
         theirs.append(run_hf())
+        if with_compile:
+            compiled.append(run_acik_compiled())
     a, h = statistics.median(ours), statistics.median(theirs)
     n = sum(p.numel() for p in Transformer(cfg).parameters())
-    return [("acik Transformer + fused AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{a:,.0f}", f"{a / h:.2f}x"),
-            ("transformers LlamaForCausalLM + AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{h:,.0f}", "1.00x")]
+    rows = [("acik Transformer + fused AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{a:,.0f}", f"{a / h:.2f}x")]
+    if compiled:
+        c = statistics.median(compiled)
+        rows.append(("acik, `compile: true`", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{c:,.0f}", f"{c / h:.2f}x"))
+    return rows + [("transformers LlamaForCausalLM + AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{h:,.0f}",
+                    "1.00x")]
+
+
+def bench_moe(run_dir: Path, repeats: int = 3) -> list[tuple]:
+    """Elastic experts on a model trained by recipes/small-moe.yaml: validation perplexity and forward
+    tokens/s with all experts, half of them (acik moe-shrink, calibrated on training text), and top-1."""
+    import json
+
+    import acik
+    from acik.moe_tools import shrink
+    from acik.train.data import load_data
+
+    recipe = json.loads((run_dir / "model" / "acik.json").read_text())["recipe"]
+    data = load_data(recipe["data"], recipe["tokenizer"], recipe["val_fraction"])
+    seq = recipe["seq_len"]
+    x, y = val_windows(data.val, seq, 32)
+    calib = data.train[:32768].astype(np.int64).tolist()
+
+    def measure(llm) -> tuple[str, str]:
+        model = llm.model.eval()
+        loss = val_loss(lambda t: model(t), x, y)
+        times = []
+        with torch.no_grad():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x[:8])
+                times.append(time.perf_counter() - t0)
+        return f"{math.exp(loss):.2f}", f"{8 * seq / statistics.median(times):,.0f}"
+
+    rows = []
+    full = acik.load(run_dir / "model")
+    e, k = full.config.num_experts, full.config.num_experts_per_tok
+    rows.append((f"all {e} experts, top-{k}", *measure(full)))
+    half = acik.load(run_dir / "model")
+    shrink(half, e // 2, calib, seq)
+    rows.append((f"{e // 2} most used experts (moe-shrink), top-{half.config.num_experts_per_tok}", *measure(half)))
+    top1 = acik.load(run_dir / "model")
+    top1.config.num_experts_per_tok = 1
+    rows.append((f"all {e} experts, top-1", *measure(top1)))
+    return rows
 
 
 def table(header: tuple, rows: list[tuple]) -> str:
@@ -184,8 +246,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per run in (b)")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs per side in (b)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time acik with torch.compile in (b)")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--skip-b", action="store_true")
+    p.add_argument("--moe-run", help="(c) elastic-experts table for a run of recipes/small-moe.yaml")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
@@ -196,7 +260,11 @@ def main() -> None:
         print(table(("trainer", "steps", "seconds", "batch", "context", "val loss"), bench_a(args.budget)))
     if not args.skip_b:
         print("\n(b) training throughput, same Llama config (median of alternating runs)\n")
-        print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), bench_b(args.steps, args.repeats)))
+        rows = bench_b(args.steps, args.repeats, args.compile)
+        print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), rows))
+    if args.moe_run:
+        print("\n(c) elastic experts: validation perplexity and forward tokens/s\n")
+        print(table(("experts", "val perplexity", "tokens/s"), bench_moe(Path(args.moe_run))))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class TrainSettings:
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2  # wsd: the share of steps spent decaying
     z_loss: float = 0.0  # weight of mean(logsumexp(logits)^2) (PaLM); keeps logits from drifting
-    aux_loss_weight: float = 1.0  # multiplier of the MoE modules' `last_aux_loss`
+    aux_loss_weight: float = 1.0  # multiplier of the MoE router losses (coefficients in model_config)
 
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     dtype: str = "float32"  # parameter dtype: "float32" | "bfloat16"
@@ -99,13 +99,17 @@ LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor]]
 
 
 def moe_aux_loss(model: nn.Module) -> torch.Tensor | float:
-    """Sum of the auxiliary losses MoE layers left from their last forward (attribute
-    `last_aux_loss`, already weighted by the config's router coefficients); 0 for dense models."""
-    total: torch.Tensor | float = 0.0
-    for m in model.modules():
-        aux = getattr(m, "last_aux_loss", None)
-        if aux is not None:
-            total = total + aux
+    """The MoE router losses of the last forward: `router_aux_loss_coef` * load-balancing loss +
+    `router_z_loss_coef` * router z-loss, each averaged over the MoE layers (every module with a
+    `last_aux_loss`, see acik.model.moe); 0 for dense models."""
+    layers = [m for m in model.modules() if getattr(m, "last_aux_loss", None) is not None]
+    if not layers:
+        return 0.0
+    c = layers[0].config
+    total = c.router_aux_loss_coef * torch.stack([m.last_aux_loss for m in layers]).mean()
+    z = [m.last_z_loss for m in layers if getattr(m, "last_z_loss", None) is not None]
+    if z and c.router_z_loss_coef:
+        total = total + c.router_z_loss_coef * torch.stack(z).mean()
     return total
 
 

@@ -96,7 +96,9 @@ def pretrain(settings: TrainSettings, run_dir: str | Path, *, resume: str | None
         torch.manual_seed(s.seed)
         model = Transformer(cfg)
         model.init_weights(s.seed)
-        model.to(device=d.device, dtype=getattr(torch, s.dtype))
+        model.to(device=d.device)
+        for p in model.parameters():  # parameters only: buffers such as RoPE frequencies stay fp32
+            p.data = p.data.to(getattr(torch, s.dtype))
         run_dir.mkdir(parents=True, exist_ok=True)
         tok_dir = data.tokenizer_dir
         if tok_dir is None:
