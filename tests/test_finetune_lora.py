@@ -16,7 +16,7 @@ import acik
 from acik.cli import main as cli_main
 from acik.manifest import verify
 from acik.tokenizer import save_byte_tokenizer
-from acik.train.finetune import finetune, merge
+from acik.train.finetune import merge
 from acik.train.lora import LoRAError, apply_lora
 from hf_models import make_hf_model
 
@@ -56,7 +56,7 @@ def base(tmp_path_factory):
 def lora_run(base, tmp_path_factory):
     model_dir, data = base
     run = tmp_path_factory.mktemp("run")
-    out = finetune(model_dir, data, run, max_steps=8, seed=1, data_license="CC0-1.0", **FAST)
+    out = acik.finetune(model_dir, data, run, max_steps=8, seed=1, data_license="CC0-1.0", **FAST)
     return run, out
 
 
@@ -142,7 +142,7 @@ def test_lora_resume_after_sigkill_is_bitwise_identical(base, tmp_path):
 
 def test_full_finetune_writes_a_model_transformers_loads(base, tmp_path):
     model_dir, data = base
-    out = finetune(model_dir, data, tmp_path / "run", method="full", max_steps=4, **{**FAST, "lr": 1e-3})
+    out = acik.finetune(model_dir, data, tmp_path / "run", method="full", max_steps=4, **{**FAST, "lr": 1e-3})
     assert out == tmp_path / "run" / "model"
     hf = tf.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
@@ -189,3 +189,24 @@ def test_cli_prompt_fields_and_merge(base, tmp_path, capsys):
         {"messages": [{"role": "user", "content": "hey"}]}) + "\n")
     assert cli_main(["finetune", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "r2")]) == 2
     assert "no usable examples" in capsys.readouterr().err
+
+
+def test_qlora_trains_lora_on_a_frozen_nf4_base(base, tmp_path):
+    from acik.quant import NF4Linear
+
+    model_dir, data = base
+    out = acik.finetune(model_dir, data, tmp_path / "run", method="qlora", quant_block_size=32, max_steps=6, **FAST)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method"] == "qlora" and summary["peak_memory_bytes"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    # Unmerged on an NF4-quantized base (as trained) and on the full-precision base (as peft would).
+    q = acik.load(model_dir, dtype="float32", quantize="nf4", group_size=32, adapter=out)
+    layer = q.model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer.base_layer, NF4Linear)
+    full = acik.load(model_dir, dtype="float32", adapter=out)
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (q.model(ids) - full.model(ids)).abs().max().item()
+    assert 0 < diff < 5  # NF4 rounding, not a different model

@@ -17,4 +17,12 @@ def load_tokenizer(path):
     return _load_tokenizer(path)
 
 
-__all__ = ["__version__", "load", "load_tokenizer"]
+def finetune(base, data, out, **kwargs):
+    """Fine-tune a model directory on your examples (LoRA by default, QLoRA, full); returns the adapter or
+    model directory. See `acik.train.finetune.finetune` for the options."""
+    from acik.train.finetune import finetune as _finetune
+
+    return _finetune(base, data, out, **kwargs)
+
+
+__all__ = ["__version__", "finetune", "load", "load_tokenizer"]

@@ -63,7 +63,7 @@ class FinetuneRecipe:
     quant_block_size: int = 64
     # Run
     device: str = "auto"
-    dtype: str = "auto"  # base weights: "auto" (float32 on CPU, bfloat16 on GPU), "float32", "bfloat16"
+    dtype: str = "auto"  # base weights: "auto" (float32; bfloat16 for a LoRA base on GPU), "float32", "bfloat16"
     seed: int = 0
     log_every: int = 10
     eval_every: int = 50  # 0: only at the end
@@ -83,9 +83,10 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
+def _pick_dtype(name: str, device: torch.device, method: str) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        # Full fine-tuning keeps float32 master weights (bf16 autocast on GPU); a frozen LoRA base can be bf16.
+        return torch.bfloat16 if device.type == "cuda" and method != "full" else torch.float32
     if name not in ("float32", "bfloat16", "float16"):
         raise FinetuneError(f"dtype {name!r}: use auto, float32, bfloat16 or float16")
     return getattr(torch, name)
@@ -181,7 +182,7 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
     base, data, run_dir = Path(base), Path(data), Path(out)
     torch.manual_seed(r.seed)
     device = _pick_device(r.device)
-    dtype = _pick_dtype(r.dtype, device)
+    dtype = _pick_dtype(r.dtype, device, r.method)
     if r.method == "full" and dtype != torch.float32 and device.type == "cpu":
         raise FinetuneError("full fine-tuning on CPU needs dtype float32 (AdamW on bf16 weights loses updates)")
 
@@ -384,6 +385,8 @@ def _cmd_finetune(args: Any) -> int:
                  lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                  lora_targets=args.lora_targets.split(",") if args.lora_targets else None,
                  data_license=args.data_license, device=args.device, dtype=args.dtype,
+                 system_prompt=args.system_prompt, grad_accum=args.grad_accum, epochs=args.epochs,
+                 val_fraction=args.val_fraction,
                  packing=None if args.packing is None else args.packing == "on")
     out = finetune(args.base, args.data, args.out, val_data=args.val_data, recipe=args.recipe, overrides=args.set,
                    resume=args.resume, **flags)
@@ -406,12 +409,16 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--format", choices=sft.FORMATS, default=None, help="default: auto")
     p.add_argument("--prompt-field", default=None)
     p.add_argument("--response-field", default=None)
+    p.add_argument("--system-prompt", default=None, help="system message for records that have none")
+    p.add_argument("--val-fraction", type=float, default=None, help="held-out share without --val-data (0.05)")
     p.add_argument("--recipe", default=None, help="YAML recipe (FinetuneRecipe fields)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=float, default=None, help="passes over the data when --max-steps is not given")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per micro-batch (default 8)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--max-seq-len", type=int, default=None)
     p.add_argument("--too-long", choices=["drop", "truncate"], default=None)
     p.add_argument("--packing", choices=["on", "off"], default=None, help="pack examples into rows (default on)")
