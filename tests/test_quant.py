@@ -158,6 +158,15 @@ def test_lora_style_training_through_a_frozen_nf4_base():
     assert a.grad is not None and a.grad.abs().sum() > 0 and x.grad is not None
 
 
+def test_casting_a_model_keeps_scales_exact():
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 64))
+    quantize_model(model, "int4", 32, skip=[])
+    before = model[0].dequantize()
+    model.to(torch.bfloat16)
+    assert model[0].weight_scale.dtype == torch.float16 and torch.equal(model[0].dequantize(), before)
+    assert model(torch.randn(2, 128, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_int4_kernel_used_and_fallback_for_odd_widths():
     lin = torch.nn.Linear(128, 40)  # 40 outputs: not a multiple of 16, so no packed kernel
     layer = Int4Linear.from_linear(lin, 32)

@@ -51,10 +51,11 @@ class LLM:
             config.num_experts_per_tok = active_experts
         from acik.quant import formats
 
-        if formats.is_acik_quantized(formats.read_quantization(path)):
-            if quantize:
-                raise formats.QuantizationError(f"{path} is already quantized; load it without quantize=, or "
-                                                "quantize its unquantized parent")
+        stored = formats.read_quantization(path)
+        if stored and quantize:
+            raise formats.QuantizationError(f"{path} is already quantized ({stored.get('quant_method')}); load it "
+                                            "without quantize=, or quantize its unquantized parent")
+        if formats.is_acik_quantized(stored):
             model = formats.load_quantized(path, config, device=device, dtype=dtype)
         else:
             model = hf.build_model(config, path, device=device, dtype=dtype)

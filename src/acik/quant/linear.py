@@ -64,6 +64,15 @@ class QuantLinear(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in] -> [..., out], no bias
         return F.linear(x, self.dequantize(x.dtype))
 
+    def _apply(self, fn, recurse=True):
+        # `model.to(torch.bfloat16)` must move the codes and scales, not round the scales to bf16.
+        before = {name: b for name, b in self._buffers.items() if b is not None}
+        out = super()._apply(fn, recurse)
+        for name, old in before.items():
+            if self._buffers[name].dtype != old.dtype:  # keep the stored values; take only the device
+                self._buffers[name] = old.to(self._buffers[name].device)
+        return out
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [out, in] these codes stand for, in `dtype`."""
         raise NotImplementedError
