@@ -134,6 +134,8 @@ def test_stop_strings_do_not_leak(tiny_llm):
         pieces = [ev.text for ev in h]
         assert "".join(pieces) == text[:text.index(stop)]
         assert h.finish_reason == "stop"
+        h = engine.submit(Request(prompt_ids=ids, max_new_tokens=40, temperature=0, ignore_eos=True, stop=stop))
+        assert h.text() == text[:text.index(stop)]  # one string is a list of one
         # A stop token id ends it too, without its text.
         tok = full.token_ids[5]
         h = engine.submit(Request(prompt_ids=ids, max_new_tokens=40, temperature=0, stop_token_ids=[tok]))

@@ -130,7 +130,7 @@ class ScriptedModel(torch.nn.Module):
         for b in range(pos.shape[0]):
             for t in range(pos.shape[1]):
                 i = int(pos[b, t]) + 1 - self.prompt_len
-                logits[b, t, self.script[min(max(i, 0), len(self.script) - 1)]] = 10.0
+                logits[b, t, self.script[min(max(i, 0), len(self.script) - 1)]] = 100.0
         return logits
 
 

@@ -175,7 +175,9 @@ class Engine:
 
     # -- public API -------------------------------------------------------------------------------
     def submit(self, request: Request) -> Handle:
-        request = dataclasses.replace(request, prompt_ids=list(request.prompt_ids))
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        request = dataclasses.replace(request, prompt_ids=list(request.prompt_ids), stop=stop,
+                                      stop_token_ids=list(request.stop_token_ids or []))
         self._validate(request)
         handle = Handle(request, self)
         if self._closed:
