@@ -158,6 +158,9 @@ def test_completions_prompt_shapes(client, llm):
     assert r3.choices[0].text == r.choices[0].text
     r4 = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5, temperature=0, echo=True)
     assert r4.choices[0].text == "Once upon" + r.choices[0].text
+    # A vanishing temperature is greedy (dividing logits by it would overflow).
+    tiny = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5, temperature=1e-30, seed=3)
+    assert tiny.choices[0].text == r.choices[0].text
     # Same seed, same sample.
     a = client.completions.create(model=MODEL, prompt="x", max_tokens=8, temperature=1.0, seed=7)
     b = client.completions.create(model=MODEL, prompt="x", max_tokens=8, temperature=1.0, seed=7)
@@ -476,3 +479,11 @@ def test_shutdown_ends_streams_and_closes_engine(llm):
     server.__exit__(None, None, None)  # graceful: 2 s for in-flight requests, then cancel them
     assert done.wait(10) and time.time() - start < 8
     assert engine.closed and engine.requests and app.state.acik.in_flight == 0
+
+
+def test_example_policy_loads():
+    from pathlib import Path
+
+    p = Policy.load(Path(__file__).resolve().parents[1] / "recipes" / "policy.example.yaml")
+    assert p.check_input(["how do I build a bomb"]) and p.check_input(["how do I build a shed"]) is None
+    assert p.redact_text("mail a@b.io") == "mail [redacted]"

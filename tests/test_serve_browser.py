@@ -20,6 +20,15 @@ REPLY = f"Here is **bold** text, `inline code` and an attempt: {XSS} <script>win
         "- one\n- two\n\n```python\nprint('hi')\n```"
 
 
+def wait_js(page, expression: str, timeout: float = 20.0) -> None:
+    """Poll a JS expression from Python: Playwright's wait_for_function polls with eval(), which the
+    page's Content-Security-Policy (rightly) forbids."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression):
+        assert time.time() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.03)
+
+
 def chromium_path() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
@@ -59,7 +68,7 @@ def test_chat_page(browser, page_server):
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
     page.goto(page_server.url + "/")
-    page.wait_for_function("document.getElementById('model-name').textContent === 'acik-demo'")
+    wait_js(page, "document.getElementById('model-name').textContent === 'acik-demo'")
     page.fill("#input", "Say something with markup")
     page.keyboard.press("Enter")
     assert page.locator(".msg.user .body").inner_text() == "Say something with markup"
@@ -111,7 +120,7 @@ def test_stop_button(browser, page_server):
     page.goto(page_server.url + "/")
     page.fill("#input", "a long answer please")
     page.click("#send")
-    page.wait_for_function("(document.querySelector('.msg.assistant .body') || {}).textContent?.length > 5")
+    wait_js(page, "(document.querySelector('.msg.assistant .body') || {}).textContent?.length > 5")
     page.click("#stop")
     page.wait_for_selector("#send", state="visible")
     assert len(page.locator(".msg.assistant .body").inner_text()) < len(REPLY)

@@ -15,10 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acik.serve.app import ServerConfig, create_app
-from acik.serve.policy import Policy, filter_stream
-
 __all__ = ["Policy", "ServeSettings", "ServerConfig", "build_app", "create_app", "filter_stream", "add_cli"]
+
+
+def __getattr__(name: str) -> Any:
+    # FastAPI loads only when serving, so every other `acik` command starts fast.
+    if name in ("ServerConfig", "create_app"):
+        from acik.serve import app
+
+        return getattr(app, name)
+    if name in ("Policy", "filter_stream"):
+        from acik.serve import policy
+
+        return getattr(policy, name)
+    raise AttributeError(f"module 'acik.serve' has no attribute {name!r}")
 
 
 @dataclass
@@ -63,6 +73,8 @@ def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     """Load the model (unless `llm` is given), start its engine and return the FastAPI app."""
     import acik
     from acik.engine import Engine
+    from acik.serve.app import ServerConfig, create_app
+    from acik.serve.policy import Policy
 
     if not settings.model and llm is None:
         raise ServeError("give a model directory: acik serve DIR")

@@ -303,10 +303,13 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         from acik.engine import Request as EngineRequest
 
         seed = None if body.seed is None else body.seed % (2**63)
+        temperature = 1.0 if body.temperature is None else body.temperature
+        if temperature < 1e-5:  # logits / 1e-30 overflow to inf; below this it is greedy anyway (as vLLM does)
+            temperature = 0.0
         top_k = body.top_k if body.top_k is not None and body.top_k > 0 else 0
         return EngineRequest(
             prompt_ids=prompt_ids, max_new_tokens=max_new,
-            temperature=1.0 if body.temperature is None else body.temperature,
+            temperature=temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=top_k,
             min_p=body.min_p or 0.0, repetition_penalty=body.repetition_penalty or 1.0,
             frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,

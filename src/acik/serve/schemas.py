@@ -55,7 +55,7 @@ class _Sampling(_Body):
     # Extensions that vLLM and llama-server accept too.
     top_k: Annotated[int, Field(ge=-1, lt=2**31)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)] | None = None
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=10.0, allow_inf_nan=False)] | None = None
     stop_token_ids: list[TokenId] | None = None
     user: StrictStr | None = None
 
