@@ -107,7 +107,7 @@ def write_report(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, result
              "int8 quantization and a held-out evaluation. Every directory of the run has an `acik.json` manifest "
              "(`acik verify DIR`) that records the command rebuilding it (`acik reproduce DIR`).", "",
              "## Held-out evaluation", "",
-             f"{results['questions']} questions such as \"What does `textwrap.dedent` do?\" were held out of "
+             f"{results['questions']} questions such as \"What does `textwrap.dedent(text)` do?\" were held out of "
              "fine-tuning. Each is asked as a 4-way multiple choice: its true answer (the first sentences of the "
              "docstring) and the answers of three other held-out questions, scored by the log-likelihood of each "
              "answer after the chat prompt. Chance is 25%. *Length-normalised* divides by the answer's bytes; "
@@ -180,7 +180,8 @@ def _examples(inputs: dict[str, Path], n: int = 5) -> list[str]:
 
     mc = {m["name"]: m for m in read_jsonl(inputs["qa"] / "heldout_mc.jsonl")}
     preds = read_jsonl(inputs["eval"] / "predictions.jsonl")[:n]
-    lines = ["Examples (the first held-out questions; ✓ marks the fine-tuned model's choice when right):", ""]
+    lines = ["Examples (the first held-out questions; ✓ where the fine-tuned model's plain log-likelihood choice "
+             "is right):", ""]
     for p in preds:
         m = mc[p["name"]]
         mark = "✓" if p["finetune"] == p["gold"] else "✗"
