@@ -89,7 +89,3 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config.json: missing" in err and "Traceback" not in err
 
-
-def test_quickstart_runs_end_to_end(tmp_path):
-    assert main(["quickstart", "--out", str(tmp_path / "qs")]) == 0
-    assert verify(tmp_path / "qs" / "model") == []

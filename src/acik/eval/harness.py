@@ -2,7 +2,9 @@
 
 Multiple-choice files are JSONL in the layout of `../shared/data/eval`: `{query, choices, gold}`
 (the continuation " " + choice is scored after the query) or, for partial scoring (WinoGrande),
-`{context_options, continuation, gold}` (the same continuation after each context).
+`{context_options, continuation, gold}` (the same continuation after each context), or already in
+scoring form, `{context, continuations, gold}` (each continuation scored verbatim after the context, as
+the quickstart's held-out questions are).
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ def load_task(name: str, data_dir: str | Path | None = None) -> list[dict]:
             continue
         try:
             rec = json.loads(line)
-            if "context_options" in rec:
+            if "continuations" in rec:  # already in scoring form: one context, continuations scored verbatim
+                continuations = list(rec["continuations"])
+                contexts = [rec["context"]] * len(continuations)
+            elif "context_options" in rec:
                 contexts = list(rec["context_options"])
                 continuations = [" " + rec["continuation"]] * len(contexts)
             else:
@@ -89,9 +94,12 @@ def score_multiple_choice(docs: list[dict], tokenizer, scorer, shots: int = 0, s
 def _text_for_ppl(text: str | Path) -> str:
     path = Path(text)
     if (path / "data_card.json").exists():  # a data directory: its validation documents
-        from acik.data.shards import read_documents
+        from acik.data.shards import iter_documents, read_sidecar, split_of
+        from acik.manifest import read_manifest
 
-        return "\n\n".join(doc["text"] for doc in read_documents(path, split="val"))
+        fraction, seed = read_sidecar(path)["val_fraction"], read_manifest(path).get("seed") or 0
+        return "\n\n".join(doc["text"] for doc in iter_documents(path)
+                             if split_of(doc["text"], fraction, seed) == "val")
     return path.read_text(encoding="utf-8")
 
 
