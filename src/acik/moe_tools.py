@@ -34,10 +34,8 @@ def calibration_ids(llm, text: str) -> list[int]:
     """Token ids of `text` with the model's own tokenizer; acik's byte-level tokenizer only stands in
     when the model has none and its vocabulary is exactly that tokenizer's (260 ids)."""
     path = llm.path
-    if path is not None and (path / "tokenizer.json").exists():
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(path / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    if llm.tokenizer_dir is not None:
+        return llm.tokenizer.encode(text, add_special_tokens=False)
     from acik.tokenizer import SPECIAL_TOKENS
 
     byte_vocab = 256 + len(SPECIAL_TOKENS)
