@@ -9,42 +9,20 @@ from typing import Any
 import yaml
 
 from acik.quickstart.pipeline import MODEL_STAGES, STAGES, QuickstartRecipe
+from acik.train.report import draw_loss, pyplot, read_metrics
 
 BASE = {"pretrain": None, "finetune": "pretrain", "int8": "finetune"}
 
 
 def _metrics(model_dir: Path) -> list[dict]:
-    path = model_dir / "report" / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return read_metrics(model_dir / "report" / "metrics.jsonl")
 
 
 def plot_losses(inputs: dict[str, Path], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     for ax, stage, title in ((axes[0], "pretrain", "Pretraining"), (axes[1], "finetune", "Fine-tuning (answers only)")):
-        records = _metrics(inputs[stage])
-        train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-        val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val"]
-        if train:
-            ax.plot(*zip(*train), label="train", linewidth=1.2)
-        if val:
-            ax.plot(*zip(*val), label="validation", marker="o", markersize=3)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        draw_loss(ax, _metrics(inputs[stage]), title)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -52,7 +30,7 @@ def plot_losses(inputs: dict[str, Path], out: Path) -> Path:
 
 
 def plot_eval(results: dict, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     models = results["models"]
     labels = [m["label"] for m in models.values()]
     fig, (ax, tab) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, gridspec_kw={"width_ratios": [1, 1.3]})

@@ -48,25 +48,38 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss(records: list[dict], out: Path) -> Path | None:
+def draw_loss(ax, records: list[dict], title: str | None = None) -> bool:
+    """Train and validation loss curves of `records` (metrics.jsonl rows) on a matplotlib axis."""
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "val"]
-    if not train and not val:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train", linewidth=1)
     if val:
         ax.plot(*zip(*val), label="validation", marker="o", markersize=3)
+    if title:
+        ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    return bool(train or val)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(records: list[dict], out: Path) -> Path | None:
+    if not any(r.get("kind") in ("train", "val") for r in records):
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    draw_loss(ax, records)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
