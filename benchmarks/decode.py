@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import run_times
 
 from acik.config import preset
 from acik.engine import Engine, Request
@@ -29,13 +29,7 @@ STAT = statistics.median  # --stat min: the best run, a steadier estimate on a s
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return STAT(times)
+    return STAT(run_times(fn, repeats))
 
 
 def read_bandwidth(repeats: int) -> float:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import run_times
 
 from acik.config import preset
 from acik.engine.cache import KVCache
@@ -22,13 +22,7 @@ from acik.model.transformer import Transformer
 
 
 def best_time(fn, n: int = 8) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(run_times(fn, n))
 
 
 def job(cfg, base: Transformer, dtype: torch.dtype, out: dict) -> None:

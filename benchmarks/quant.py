@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import run_times
 
 import acik
 from acik.config import ModelConfig, preset
@@ -41,13 +42,7 @@ METHODS = [("int8", None), ("int4", 64), ("int4-hqq", 64), ("nf4", 64), ("mxfp4"
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(run_times(fn, repeats))
 
 
 def model_bytes(model: torch.nn.Module) -> int:
