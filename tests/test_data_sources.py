@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from acik.data.extract import html_to_text
-from acik.data.licenses import allowed, license_terms, normalize_license
+from acik.data.licenses import allowed, license_terms, normalize_license, package_license
 from acik.data.recipe import DataRecipe, ExtractConfig, PythonEnvSource
 from acik.data.sources import plan_tasks, read_file, read_task
 
@@ -142,6 +142,10 @@ def test_licenses_normalise_match_and_terms():
     assert normalize_license("MIT License") == "MIT"
     assert normalize_license("Apache Software License") == "Apache-2.0"
     assert normalize_license(None) == "unknown"
+    # PEP 639 License-Expression (torch writes a 98-character one) is kept as the SPDX expression it is.
+    expr = "Apache-2.0 AND BSD-2-Clause AND BSD-3-Clause AND BSL-1.0 AND MIT AND Apache-2.0 WITH LLVM-exception"
+    assert package_license({"License-Expression": expr}) == expr
+    assert package_license({"License": "MIT License"}) == "MIT"
     allow = DataRecipe().licenses.allow
     assert allowed("MIT", allow) and allowed("CC-BY-SA-3.0", allow) and allowed("BSD-3-Clause", allow)
     assert not allowed("CC-BY-NC-4.0", allow) and not allowed("proprietary", allow)

@@ -81,8 +81,8 @@ def normalize_license(text: str | None) -> str:
 def package_license(metadata) -> str:
     """License of an installed distribution from its metadata: License-Expression, License, classifiers."""
     expr = metadata.get("License-Expression")
-    if expr:
-        return normalize_license(expr)
+    if expr:  # already SPDX (PEP 639); long compound expressions must not hit the full-text heuristic
+        return " ".join(expr.split())
     lic = normalize_license(metadata.get("License"))
     if lic != "unknown":
         return lic
