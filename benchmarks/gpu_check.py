@@ -354,7 +354,7 @@ def grouped_mm_kernel():
         loop, loop_grads = run(moe.grouped_linear, torch.bfloat16)
     fused, fused_grads = run(moe.grouped_mm_linear, torch.bfloat16)
     probe = torch.zeros(4, H, dtype=torch.bfloat16, device=DEV)
-    used = moe._grouped_mm_ok(probe, w32[:, :, :].to(DEV, torch.bfloat16))
+    used = moe._grouped_mm_ok(probe, w32.to(DEV, torch.bfloat16))
 
     def rel(a, b):
         return ((a - b).abs().max() / b.abs().max()).item()
@@ -853,8 +853,9 @@ QUANT_METHODS = ("int8", "w8a8", "int4", "nf4", "mxfp4")
 
 def quant_method(method: str):
     """Quantized at load on DEV: its logits against the same quantization on the CPU (the kernels differ,
-    the codes do not), a one-token forward, generation, and a save/load round trip. The error against the
-    unquantized model is reported as information (this tiny random model amplifies it)."""
+    the codes do not), then a one-token forward (the decode shape), generation and a save/load round trip,
+    each tried on its own. The error against the unquantized model is information only (this tiny random
+    model amplifies it)."""
     import acik
 
     path, _ = hf_dir("llama-quant", quant_config)
@@ -865,20 +866,41 @@ def quant_method(method: str):
         ref = acik.load(path, device=str(DEV), dtype="bfloat16").model(ids)
         llm = acik.load(path, device=str(DEV), dtype="bfloat16", quantize=method)
         got = llm.model(ids)
-        one = llm.model(ids[:1, :1])  # one token: the decode shape (M = 1)
-    s = stats_logits(got, ref)
-    vs_cpu = stats_logits(got, cpu)
-    new = llm.generate(ids[0, :8].tolist(), max_new_tokens=4, temperature=0, ignore_eos=True)
-    llm.engine().close()
-    llm.save(TMP / "quant" / method)
-    with torch.no_grad():
-        back = acik.load(TMP / "quant" / method, device=str(DEV), dtype="bfloat16").model(ids)
-    round_trip = (back.float() - got.float()).abs().max().item()
-    ok = vs_cpu["rel"] <= 2e-2 and one.shape[-1] == 256 and len(new) == 4 and round_trip == 0
+    s, vs_cpu = stats_logits(got, ref), stats_logits(got, cpu)
+    failed = []
+
+    def attempt(label, fn):
+        try:
+            return fn()
+        except Exception as e:  # one sub-step failing is information; the others still run
+            failed.append(f"{label}: {type(e).__name__}: {_short(e, 100)}")
+            return None
+
+    def one_token():
+        with torch.no_grad():
+            return llm.model(ids[:1, :1])
+
+    def generate():
+        try:
+            return llm.generate(ids[0, :8].tolist(), max_new_tokens=4, temperature=0, ignore_eos=True)
+        finally:
+            llm.engine().close()
+
+    def round_trip():
+        llm.save(TMP / "quant" / method)
+        with torch.no_grad():
+            back = acik.load(TMP / "quant" / method, device=str(DEV), dtype="bfloat16").model(ids)
+        return (back.float() - got.float()).abs().max().item()
+
+    attempt("1-token forward", one_token)
+    attempt("generate", generate)
+    rt = attempt("save/load", round_trip)
+    ok = vs_cpu["rel"] <= 2e-2 and not failed and rt == 0
     numbers = (f"vs CPU quantized: rel ‖Δ‖ {vs_cpu['rel']:.1e}; vs unquantized: rel ‖Δ‖ {s['rel']:.2f}, argmax "
-               f"{s['argmax_agree']:.0%}; 1-token forward, generate ran; save/load maxΔ {round_trip:.1e}")
-    return ("PASS" if ok else "WARN"), numbers, {"vs_unquantized": s, "vs_cpu": vs_cpu,
-                                                 "round_trip_max_abs": round_trip}
+               f"{s['argmax_agree']:.0%}; " + ("; ".join(failed) if failed else "1-token forward, generate ran") +
+               (f"; save/load maxΔ {rt:.1e}" if rt is not None else ""))
+    return ("PASS" if ok else "WARN"), numbers, {"vs_unquantized": s, "vs_cpu": vs_cpu, "round_trip_max_abs": rt,
+                                                 "failed": failed}
 
 
 def section_quant() -> None:
