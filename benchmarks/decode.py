@@ -69,7 +69,7 @@ def warm_kernels(model: Transformer, args) -> None:
     t.join()
 
 
-def hf_model(model: Transformer, cfg, dtype: torch.dtype):
+def hf_model(model: Transformer, cfg, dtype: torch.dtype, device: str | torch.device = "cpu"):
     import transformers as tf
 
     hf_cfg = tf.LlamaConfig(**{k: v for k, v in config_to_hf(cfg).items() if k not in ("architectures",)})
@@ -77,7 +77,7 @@ def hf_model(model: Transformer, cfg, dtype: torch.dtype):
     ref.load_state_dict(model.state_dict(), strict=False)
     ref.generation_config.eos_token_id = None
     ref.generation_config.pad_token_id = 0
-    return ref.to(dtype)
+    return ref.to(device=device, dtype=dtype)
 
 
 def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: float) -> tuple:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -127,42 +128,42 @@ def bench_a(budget: float) -> list[tuple]:
             ("nanoGPT published (2000 iters, its own CPU)", 2000, "~180", 12, 64, "1.88")]
 
 
-def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
+def throughput(cfg, batch: int, seq: int, steps: int, repeats: int, with_compile: bool = False,
+               device: str | torch.device = "cpu", bf16_autocast: bool = False) -> dict[str, float]:
+    """Training tokens/s (forward, backward, clip, optimizer step) of `cfg` in acik's Transformer with its
+    fused AdamW and in transformers' LlamaForCausalLM with AdamW, both in the same plain loop; medians of
+    `repeats` alternating runs of `steps` timed steps after two warm-up steps. Keys: acik, hf (and
+    acik_compiled with `with_compile`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from acik.config import ModelConfig
     from acik.hf import config_to_hf
     from acik.model import Transformer
     from acik.train.loop import token_losses
     from acik.train.optim import build_optimizers
 
-    cfg = ModelConfig(vocab_size=260, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
-                      tie_word_embeddings=True)
-    batch, seq = 16, 256
-    tokens = torch.randint(0, 256, (steps + 5, batch, seq + 1), generator=torch.Generator().manual_seed(0))
+    device = torch.device(device)
+    tokens = torch.randint(0, min(cfg.vocab_size, 256), (steps + 5, batch, seq + 1),
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16_autocast else contextlib.nullcontext
 
-    def run_acik() -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def acik_model(compiled: bool):
         torch.manual_seed(0)
         model = Transformer(cfg)
         model.init_weights(0)
+        model.to(device)
+        forward = torch.compile(model) if compiled else model  # what the loop does with `compile: true`
         (opt,) = build_optimizers(list(model.named_parameters()), optimizer="adamw", lr=1e-3, weight_decay=0.1,
                                   betas=(0.9, 0.95), eps=1e-8)
-        return timed(lambda b: token_losses(model(b[:, :-1]), b[:, 1:]) / b[:, 1:].numel(), model, opt)
-
-    def run_acik_compiled() -> float:
-        torch.manual_seed(0)
-        model = Transformer(cfg)
-        model.init_weights(0)
-        compiled = torch.compile(model)  # what the loop does with `compile: true`
-        (opt,) = build_optimizers(list(model.named_parameters()), optimizer="adamw", lr=1e-3, weight_decay=0.1,
-                                  betas=(0.9, 0.95), eps=1e-8)
-        return timed(lambda b: token_losses(compiled(b[:, :-1]), b[:, 1:]) / b[:, 1:].numel(), model, opt)
+        return timed(lambda b: token_losses(forward(b[:, :-1]), b[:, 1:]) / b[:, 1:].numel(), model, opt)
 
     def run_hf() -> float:
         torch.manual_seed(0)
         hf_cfg = LlamaConfig(**{k: v for k, v in config_to_hf(cfg).items() if k not in ("architectures",)})
-        model = LlamaForCausalLM(hf_cfg)
+        model = LlamaForCausalLM(hf_cfg).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
         return timed(lambda b: F.cross_entropy(model(b[:, :-1]).logits.float().reshape(-1, cfg.vocab_size),
                                                b[:, 1:].reshape(-1)), model, opt)
@@ -171,25 +172,43 @@ def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
         model.train()
         for i in range(steps + 2):
             if i == 2:  # two warm-up steps
+                sync()
                 t0 = time.perf_counter()
-            loss = loss_fn(tokens[i])
+            with autocast():
+                loss = loss_fn(tokens[i])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+        sync()
         return steps * batch * seq / (time.perf_counter() - t0)
 
     ours, compiled, theirs = [], [], []
     for _ in range(repeats):
-        ours.append(run_acik())
+        ours.append(acik_model(False))
         theirs.append(run_hf())
         if with_compile:
-            compiled.append(run_acik_compiled())
-    a, h = statistics.median(ours), statistics.median(theirs)
+            compiled.append(acik_model(True))
+    out = {"acik": statistics.median(ours), "hf": statistics.median(theirs)}
+    if compiled:
+        out["acik_compiled"] = statistics.median(compiled)
+    return out
+
+
+def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
+    from acik.config import ModelConfig
+    from acik.model import Transformer
+
+    cfg = ModelConfig(vocab_size=260, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
+                      tie_word_embeddings=True)
+    batch, seq = 16, 256
+    res = throughput(cfg, batch, seq, steps, repeats, with_compile)
+    a, h = res["acik"], res["hf"]
     n = sum(p.numel() for p in Transformer(cfg).parameters())
     rows = [("acik Transformer + fused AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{a:,.0f}", f"{a / h:.2f}x")]
-    if compiled:
-        c = statistics.median(compiled)
+    if "acik_compiled" in res:
+        c = res["acik_compiled"]
         rows.append(("acik, `compile: true`", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{c:,.0f}", f"{c / h:.2f}x"))
     return rows + [("transformers LlamaForCausalLM + AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{h:,.0f}",
                     "1.00x")]

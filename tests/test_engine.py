@@ -239,3 +239,22 @@ def test_extreme_sampling_settings_never_kill_the_engine():
     assert sample(logits.clone(), 1e-45, 0, 1.0, 0.0, torch.Generator().manual_seed(0)) == 1
     penalised = apply_penalties(logits.clone(), None, torch.tensor([0, 2]), 1e-30, 0.0, 0.0)
     assert sample(penalised, 0.7, 0, 0.9, 0.0, torch.Generator().manual_seed(0)) in range(4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sampling_and_penalties_run_on_a_gpu_model(tiny_llm):
+    """Each request's generator and penalty counts are CPU tensors, so a GPU model's logits come to the
+    host before sampling (a CUDA tensor with a CPU generator or CPU counts raised in the engine thread)."""
+    import copy
+
+    llm = LLM(copy.deepcopy(tiny_llm.model).cuda(), tiny_llm.config, tokenizer_dir=tiny_llm.tokenizer_dir)
+    ids = prompt(8, vocab=256)
+    with Engine(llm, max_batch_size=2) as engine:
+        def run(seed):
+            h = engine.submit(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.8, top_p=0.9, top_k=50,
+                                      seed=seed, repetition_penalty=1.2, frequency_penalty=0.5,
+                                      presence_penalty=0.5, ignore_eos=True))
+            list(h)
+            return h.token_ids
+        first = run(1)
+        assert run(1) == first and len(first) == 16

@@ -361,3 +361,12 @@ def test_moe_model_trains_with_router_losses(tmp_path, text_file):
     expected = 0.5 * torch.stack([m.last_aux_loss for m in layers]).mean() + 0.01 * torch.stack(
         [m.last_z_loss for m in layers]).mean()
     torch.testing.assert_close(moe_aux_loss(model), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_on_a_gpu_and_resumes(tmp_path, text_file):
+    """The loop's bookkeeping tensors (step loss, token counts) meet GPU losses; bf16 autocast is on."""
+    r = pretrain(settings(text_file, device="cuda", max_steps=4), tmp_path / "gpu")
+    assert r.final_loss is not None and r.final_loss < 6.0
+    pretrain(settings(text_file, device="cuda", max_steps=4), tmp_path / "gpu",
+             resume=str(tmp_path / "gpu" / "checkpoints" / "step_00000002"))

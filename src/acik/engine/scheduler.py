@@ -297,7 +297,9 @@ class Engine:
             ids = torch.tensor([[s.ids[-1]] for s in rows], device=self.device)
             positions = torch.tensor([[len(s.ids) - 1] for s in rows], device=self.device)
             self.cache.select(0, d, positions)
-            logits = self._decode_fn(ids, positions, True)[:, -1].float()
+            # Sampling runs on the host (each request's torch.Generator and penalty counts are CPU
+            # tensors): one copy of the batch's last-position logits per step.
+            logits = self._decode_fn(ids, positions, True)[:, -1].float().cpu()
             for seq, row_logits in zip(list(rows), logits):
                 self._emit(seq, row_logits)
 
@@ -322,7 +324,7 @@ class Engine:
         if seq.req.max_new_tokens == 0:
             self._finish(seq, "length")
             return
-        self._emit(seq, logits[-1])
+        self._emit(seq, logits[-1].cpu())
 
     def _emit(self, seq: _Sequence, logits: torch.Tensor) -> None:
         """Sample the next token of `seq` from its fp32 logits and stream it."""

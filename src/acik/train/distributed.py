@@ -106,9 +106,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def all_reduce_sum(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The sum of `value` over processes, on `value`'s device (NCCL reduces only GPU tensors, so a CPU
+    tensor travels through this process's device)."""
     if d.enabled:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        out = value.to(d.device, copy=True)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.to(value.device)
     return value
 
 

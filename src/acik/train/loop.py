@@ -251,7 +251,8 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
         counts = torch.tensor([sum(int((b["targets"] != IGNORE).sum()) for b in micro),
                                sum(b["input_ids"].numel() for b in micro)], dtype=torch.float64)
         n_targets, n_inputs = all_reduce_sum(counts, d).tolist()
-        step_loss = torch.zeros((), dtype=torch.float64)
+        # On the model's device: a CPU accumulator cannot take a GPU loss in place.
+        step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
         for i, b in enumerate(micro):
             with _no_sync(model, i == len(micro) - 1), _autocast(s, d.device):
                 loss_sum, extra = loss_fn(forward_model, b)
