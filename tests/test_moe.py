@@ -10,7 +10,7 @@ import acik
 from acik.config import ModelConfig
 from acik.hf import CheckpointError, describe
 from acik.model import Transformer
-from acik.model.moe import MoE, router_losses
+from acik.model.moe import MoE, add_group_bias, router_losses
 from acik.quant.mxfp4 import dequantize_mxfp4, mxfp4_bytes, quantize_mxfp4
 from hf_models import make_hf_model
 from test_moe_parity import _fabricate_mxfp4, gpt_oss, mixtral
@@ -75,6 +75,22 @@ def test_grouped_dispatch_equals_per_token_reference():
             h = moe.experts.gated(x[t] @ moe.experts.gate_up_proj[e].T + moe.experts.gate_up_proj_bias[e])
             expected[t] += weights[t, j] * (h @ moe.experts.down_proj[e].T + moe.experts.down_proj_bias[e])
     assert torch.allclose(moe(x), expected, atol=1e-5)
+
+
+def test_group_bias_gradient_is_summed_in_fp32():
+    # The fused (GPU) expert path adds biases by row; on CUDA a bf16 backward summed the rows in bf16
+    # (benchmarks/gpu_check.py measures it there; CPU reductions accumulate in fp32 anyway).
+    torch.manual_seed(0)
+    sizes = torch.tensor([700, 0, 300])
+    grad = torch.randn(1000, 16)
+    bias = torch.randn(3, 16, dtype=torch.bfloat16, requires_grad=True)
+    y = add_group_bias(torch.zeros(1000, 16, dtype=torch.bfloat16), bias, sizes)
+    assert torch.equal(y[:700], bias[0].detach().expand(700, 16))
+    assert torch.equal(y[700:], bias[2].detach().expand(300, 16))
+    y.backward(grad.bfloat16())
+    exact = torch.stack([g.sum(0) for g in grad.bfloat16().float().split(sizes.tolist())])
+    assert bias.grad.dtype == torch.bfloat16
+    assert ((bias.grad.float() - exact).norm() / exact.norm()) < 4e-3  # one bf16 rounding of the sum
 
 
 def test_mxfp4_codec_matches_spec():

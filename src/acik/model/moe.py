@@ -110,9 +110,15 @@ def grouped_mm_linear(x: torch.Tensor, w: torch.Tensor, sizes: torch.Tensor,
     """`grouped_linear` as one fused kernel call: group g is rows offsets[g-1]:offsets[g]."""
     offsets = sizes.cumsum(0).to(torch.int32)
     y = torch._grouped_mm(x, w.transpose(1, 2), offs=offsets)
-    if bias is not None:
-        y = y + bias.repeat_interleave(sizes, dim=0, output_size=x.shape[0])
-    return y
+    return y if bias is None else add_group_bias(y, bias, sizes)
+
+
+def add_group_bias(y: torch.Tensor, bias: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """y [N, out] + each row's expert bias. Added in fp32: the backward then sums each expert's bias
+    gradient over its rows in fp32 (in bf16 that sum lost a digit on the H100: 2.7e-2 relative error
+    against 2.9e-3 for F.linear's own bias gradient)."""
+    rows = bias.float().repeat_interleave(sizes, dim=0, output_size=y.shape[0])
+    return (y.float() + rows).to(y.dtype)
 
 
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
