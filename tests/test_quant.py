@@ -344,7 +344,8 @@ def test_default_skip(base_dir, tmp_path, method):
     eight_bit = method in ("int8", "w8a8")
     assert isinstance(llm.model.lm_head, QuantLinear) == eight_bit
     assert llm.model.quantization["skip"] == ([] if eight_bit else ["lm_head"])
-    assert isinstance(acik.load(base_dir, quantize=method, skip=["lm_head"]).model.lm_head, torch.nn.Linear)
+    if eight_bit:
+        assert isinstance(acik.load(base_dir, quantize=method, skip=["lm_head"]).model.lm_head, torch.nn.Linear)
     if method == "int8":
         llm.save(tmp_path / "q")
         assert isinstance(acik.load(tmp_path / "q").model.lm_head, QuantLinear)
