@@ -1,48 +1,81 @@
 """Quantization: quality (perplexity) and speed (batch-1 decode), each method against bf16, in one run.
 
-Quality: a small byte-level Llama trained on wikitext-2 (the benchmark trains it once and caches it
-under .cache/bench-quant/; pass --model DIR to use another model directory, e.g. the one
-`recipes/small.yaml` trains), perplexity per byte token on the first --eval-bytes bytes of
-../shared/data/wikitext-2/test.txt for fp32, bf16, every acik method, and the `hqq` package and
+Quality: the `recipes/small.yaml` model (BPE 8k, trained on wikitext-2's validation split only).
+By default the benchmark uses `runs/small/model` when it exists; otherwise it trains that model
+once, with the recipe's own commands, into .cache/bench-quant/small (reused on later runs):
+
+    acik tokenizer train --input ../shared/data/wikitext-2/valid.txt --vocab-size 8192 --out CACHE/tokenizer
+    acik train --recipe recipes/small.yaml --data ../shared/data/wikitext-2/valid.txt \
+        --set tokenizer=CACHE/tokenizer --out CACHE/small
+
+(`--data` pins the training text to valid.txt, so test.txt stays held out whatever the recipe lists.)
+`--model DIR` scores another model directory. Perplexity is per token of the model's own BPE
+tokenizer (not per byte or word), over ../shared/data/wikitext-2/test.txt (the first --eval-tokens
+tokens; 0: all), in non-overlapping windows of --window tokens, for fp32, bf16, every acik method
+(with its default skip list, plus int8 with `--skip lm_head` when the head is not tied to the
+embeddings; small.yaml's is tied, so it is never quantized), and the `hqq` package and
 `bitsandbytes` NF4 as peers where they import (their weights are quantized by the package and
-dequantized into the same model, which is exactly what their CPU forward computes).
+dequantized into the same model, which is what their CPU forward computes).
+
+Every quantized model is quantized from the checkpoint's own (fp32) weights; what stays unquantized
+(embeddings, norms, a skipped head) is then cast to bf16, like the bf16 baseline it is compared with.
 
 Speed: the 124M-parameter random Llama of benchmarks/decode.py (12 layers, hidden 768, 12 heads,
 4 kv heads, vocab 32000, intermediate 2048): batch-1 greedy decode tokens/s through acik's engine,
-1 / the median gap between consecutive tokens over --repeats runs, and the model's bytes in memory,
-for acik fp32/bf16, `transformers` fp32/bf16 `generate`, and every method.
+1 / the median gap between consecutive tokens over --repeats rounds (all models built first, then
+measured round-robin so load changes hit every row alike), and the model's bytes in memory,
+for acik fp32/bf16, `transformers` fp32/bf16 `generate`, and every method (defaults first: they are
+the headline rows), then the non-default head choices.
 
-    python benchmarks/quant.py [--threads 2] [--new 32] [--repeats 3] [--skip-quality] [--skip-speed]
+    python benchmarks/quant.py [--threads 2] [--new 32] [--repeats 3] [--eval-tokens 0] [--skip-quality] [--skip-speed]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timing import run_times
 
 import acik
-from acik.config import ModelConfig, preset
+from acik.config import preset
 from acik.llm import LLM
 from acik.model import Transformer
-from acik.quant import quantization_summary, quantize_model
+from acik.quant import default_skip, quantization_summary, quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ACIK_SHARED_DATA", ROOT.parent / "shared" / "data")) / "wikitext-2"
 CACHE = ROOT / ".cache" / "bench-quant"
 METHODS = [("int8", None), ("int4", 64), ("int4-hqq", 64), ("nf4", 64), ("mxfp4", None), ("w8a8", None)]
+# Non-default head choices, measured after the defaults: what `--skip lm_head` costs int8, and what
+# quantizing the head would buy int4.
+VARIANTS = [("int8", None, ["lm_head"]), ("int4", 64, [])]
 
 
-def median_time(fn, repeats: int) -> float:
-    return statistics.median(run_times(fn, repeats))
+def label(method: str, group: int | None, skip: list[str] | None = None) -> str:
+    name = f"acik {method}" + (f"-g{group}" if group else "")
+    if skip is None or skip == default_skip(method):
+        return name
+    return name + (" (lm_head too)" if not skip else f" (--skip {','.join(skip)})")
+
+
+def quantized(base: torch.nn.Module, method: str, group: int | None, skip: list[str] | None = None):
+    """Quantize a copy of the fp32 `base`, then cast what stays unquantized to bf16 (the quantized
+    layers keep their codes and scales as they are). -> (model, seconds spent quantizing)."""
+    m = copy.deepcopy(base).float()
+    t0 = time.perf_counter()
+    quantize_model(m, method, group, skip)
+    took = time.perf_counter() - t0
+    return m.to(torch.bfloat16), took
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -56,42 +89,45 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 # --- quality -------------------------------------------------------------------------------------
 
-def train_small(out: Path, steps: int, seed: int = 0) -> Path:
-    """A 4-layer, 128-wide byte-level Llama trained on wikitext-2's validation split (the test split
-    is what we score). Written as an acik model directory, so it is a real checkpoint to quantize."""
-    from acik.tokenizer import load_tokenizer, save_byte_tokenizer
+def acik_command(*args: str) -> None:
+    """Run `acik ARGS` from the repository root with this checkout's sources."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "acik", *args]
+    print("  $ acik " + " ".join(args), flush=True)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
-    tok_dir = save_byte_tokenizer(CACHE / "tokenizer")
-    tok = load_tokenizer(tok_dir)
-    ids = torch.tensor(tok.encode((DATA / "valid.txt").read_text(encoding="utf-8"), add_special_tokens=False))
-    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      torch_dtype="float32")
-    torch.manual_seed(seed)
-    model = Transformer(cfg)
-    model.init_weights(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    seq, batch = 128, 8
-    t0 = time.perf_counter()
-    for step in range(steps):
-        lr = 3e-3 * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=gen)
-        x = torch.stack([ids[s:s + seq] for s in starts])
-        y = torch.stack([ids[s + 1:s + seq + 1] for s in starts])
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            print(f"  train step {step:4d}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f}s", flush=True)
-    LLM(model.eval(), cfg, tokenizer_dir=tok_dir).save(out, seed=seed, extra={
-        "trained_by": "benchmarks/quant.py", "data": "wikitext-2 valid.txt", "steps": steps,
-        "batch_tokens": seq * batch})
-    return out
+
+def small_model(train_steps: int | None) -> Path:
+    """The recipes/small.yaml model: runs/small/model if trained there, else trained once into the cache."""
+    runs = [ROOT / "runs" / "small", CACHE / "small"] if train_steps is None else [CACHE / f"small-{train_steps}steps"]
+    for run in runs:
+        if list((run / "model").glob("*.safetensors")):
+            return run / "model"
+    run = runs[-1]
+    valid = str(DATA / "valid.txt")
+    tok = CACHE / "tokenizer"
+    print(f"no runs/small/model: training the recipes/small.yaml model once into {run} (about 10 minutes on a "
+          "quiet 2-core CPU) ...", flush=True)
+    if not (tok / "tokenizer.json").exists():
+        acik_command("tokenizer", "train", "--input", valid, "--vocab-size", "8192", "--out", str(tok), "--quiet")
+    steps = [] if train_steps is None else ["--max-steps", str(train_steps)]
+    acik_command("train", "--recipe", str(ROOT / "recipes" / "small.yaml"), "--data", valid, "--set",
+                 f"tokenizer={tok}", "--out", str(run), "--quiet", *steps)
+    return run / "model"
+
+
+def training_text(model_dir: Path) -> str:
+    """What the model's manifest says it was trained on, and whether test.txt was among it."""
+    try:
+        recipe = json.loads((model_dir / "acik.json").read_text()).get("recipe") or {}
+    except (OSError, ValueError):
+        return "unknown training data (no acik.json)"
+    data = recipe.get("data")
+    files = data if isinstance(data, list) else [data]
+    names = ", ".join(Path(str(f)).name for f in files if f)
+    if any(str(f).endswith("test.txt") for f in files if f):
+        return f"trained on {names}: test.txt is NOT held out, perplexities are optimistic"
+    return f"trained on {names} (test.txt held out)"
 
 
 @torch.no_grad()
@@ -133,35 +169,36 @@ def bnb_peer(linear: torch.nn.Linear) -> torch.Tensor:
 
 
 def quality(args) -> list[tuple]:
-    model_dir = Path(args.model) if args.model else CACHE / f"small-{args.train_steps}"
-    if not (model_dir / "config.json").exists():
-        print(f"training the quality model ({args.train_steps} steps) into {model_dir} ...", flush=True)
-        train_small(model_dir, args.train_steps)
+    model_dir = Path(args.model) if args.model else small_model(args.train_steps)
     base = acik.load(model_dir, dtype="float32")
-    text = (DATA / "test.txt").read_text(encoding="utf-8")[:args.eval_bytes]
-    ids = torch.tensor(base.tokenizer.encode(text, add_special_tokens=False))
-    print(f"quality model {model_dir} ({base.model.num_parameters() / 1e6:.1f}M params), "
-          f"{len(ids)} test tokens, window {args.window}", flush=True)
+    ids = base.tokenizer.encode((DATA / "test.txt").read_text(encoding="utf-8"), add_special_tokens=False)
+    ids = torch.tensor(ids[:args.eval_tokens] if args.eval_tokens else ids)
+    print(f"quality model {model_dir} ({base.model.num_parameters() / 1e6:.1f}M params, vocab "
+          f"{base.config.vocab_size}), {training_text(model_dir)}", flush=True)
+    print(f"perplexity per BPE token over {len(ids):,} tokens of wikitext-2 test.txt, windows of {args.window}",
+          flush=True)
     rows = []
 
     def add(name, model, note=""):
         t0 = time.perf_counter()
         ppl = perplexity(model, ids, args.window)
         rows.append((name, ppl, note))
-        print(f"  {name:<22} ppl {ppl:.4f}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(f"  {name:<26} ppl {ppl:.4f}  ({time.perf_counter() - t0:.0f}s)  {note}", flush=True)
 
     add("fp32", base.model)
     add("bf16", copy.deepcopy(base.model).to(torch.bfloat16))
-    for method, group in METHODS:
-        t0 = time.perf_counter()
-        q = quantize_model(copy.deepcopy(base.model), method, group)
+    # A head tied to the embeddings is never quantized, so the head variants only differ when it is untied.
+    variants = [] if base.config.tie_word_embeddings else [v for v in VARIANTS if v[0] == "int8"]
+    for method, group, skip in [(m, g, None) for m, g in METHODS] + variants:
+        if method not in args.methods:
+            continue
+        q, took = quantized(base.model, method, group, skip)
         s = quantization_summary(q)
-        add(f"acik {method}" + (f"-g{group}" if group else ""), q,
-            f"{s['bits_per_weight']:.2f} bits/weight, quantized in {time.perf_counter() - t0:.1f}s")
-    for name, fn, note in [("hqq package 4-bit g64", hqq_peer, "hqq defaults: optimize, round_zero"),
+        add(label(method, group, skip), q, f"{s['bits_per_weight']:.2f} bits/weight, quantized in {took:.1f}s")
+    for name, fn, note in [("hqq package 4-bit g64", hqq_peer, "hqq defaults (optimize, early stop)"),
                            ("bitsandbytes nf4 b64", bnb_peer, "fp32 absmax, no double quant")]:
         try:
-            add(name, dequantized_peer(base.model, fn), note)
+            add(name, dequantized_peer(base.model, fn).to(torch.bfloat16), note)
         except Exception as e:  # a peer that does not install or run on this CPU is reported, not fatal
             rows.append((name, float("nan"), f"unavailable: {type(e).__name__}: {str(e)[:80]}"))
     return rows
@@ -176,7 +213,9 @@ def rate_from_gaps(stamps: list[list[float]]) -> float:
     return 1.0 / statistics.median(gaps)
 
 
-def decode_rate(model: torch.nn.Module, cfg, prompt: list[int], args) -> float:
+def acik_runner(model: torch.nn.Module, cfg, prompt: list[int], args):
+    """-> (run, close): `run()` decodes once through acik's engine and returns the time stamps
+    (submit, then one per token)."""
     from acik.engine import Engine, Request
 
     engine = Engine(LLM(model, cfg), max_batch_size=1, max_seq_len=len(prompt) + args.new + 8)
@@ -187,14 +226,11 @@ def decode_rate(model: torch.nn.Module, cfg, prompt: list[int], args) -> float:
             t.append(time.perf_counter())
         return t
 
-    try:
-        run()  # warm-up
-        return rate_from_gaps([run() for _ in range(args.repeats)])
-    finally:
-        engine.close()
+    return run, engine.close
 
 
-def hf_rate(model: Transformer, cfg, dtype: torch.dtype, prompt: list[int], args) -> float:
+def hf_runner(model: Transformer, cfg, dtype: torch.dtype, prompt: list[int], args):
+    """-> (run, close) for `transformers`' `generate` on the same weights (the first stamp is the prompt)."""
     import transformers as tf
     from transformers.generation.streamers import BaseStreamer
 
@@ -224,44 +260,52 @@ def hf_rate(model: Transformer, cfg, dtype: torch.dtype, prompt: list[int], args
             ref.generate(ids, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, streamer=s)
         return s.t
 
-    run()
-    return rate_from_gaps([run() for _ in range(args.repeats)])
+    return run, lambda: None
 
 
 def speed(args) -> list[tuple]:
+    """Every model is built first, then measured round-robin (one decode of each per round, after a
+    warm-up round), so a change in machine load hits all rows alike and the ratios stay fair."""
     torch.manual_seed(0)
     cfg = preset("124m")
     base = Transformer(cfg)
     base.init_weights(0)
     base.eval()
     prompt = torch.randint(0, cfg.vocab_size, (16,)).tolist()
-    print(f"speed model: 124M Llama ({base.num_parameters() / 1e6:.1f}M params), prompt 16, {args.new} new tokens",
-          flush=True)
-    rows = []
-
-    def add(name, rate, nbytes, note=""):
-        rows.append((name, rate, nbytes, note))
-        print(f"  {name:<34} {rate:7.1f} tok/s  {nbytes / 2**20:7.1f} MiB  {note}", flush=True)
-
+    print(f"speed model: 124M Llama ({base.num_parameters() / 1e6:.1f}M params), prompt 16, {args.new} new tokens, "
+          f"{args.repeats} rounds", flush=True)
+    entries = []  # (name, (run, close), bytes, note)
     for dtype in (torch.float32, torch.bfloat16):
         m = copy.deepcopy(base).to(dtype)
-        add(f"acik {str(dtype)[6:]}", decode_rate(m, cfg, prompt, args), model_bytes(m))
+        entries.append((f"acik {str(dtype)[6:]}", acik_runner(m, cfg, prompt, args), model_bytes(m), ""))
     if not args.no_hf:
         for dtype in (torch.float32, torch.bfloat16):
-            add(f"transformers {str(dtype)[6:]}", hf_rate(base, cfg, dtype, prompt, args),
-                model_bytes(copy.deepcopy(base).to(dtype)))
-    for method, group in METHODS:
-        for skip, dtype in ((["lm_head"], torch.float32), ([], torch.float32)):
-            if method not in ("int8", "int4") and not skip:
-                continue  # int4-hqq runs the int4 kernel; nf4/mxfp4/w8a8 gain nothing at batch 1
-            m = copy.deepcopy(base).to(dtype)
+            entries.append((f"transformers {str(dtype)[6:]}", hf_runner(base, cfg, dtype, prompt, args),
+                            model_bytes(copy.deepcopy(base).to(dtype)), "`generate`, same weights"))
+    for method, group, skip in [(m, g, None) for m, g in METHODS] + VARIANTS:
+        if method not in args.methods:
+            continue
+        m, took = quantized(base, method, group, skip)
+        s = quantization_summary(m)
+        entries.append((label(method, group, skip), acik_runner(m, cfg, prompt, args), model_bytes(m),
+                        f"{s['bits_per_weight']:.2f} bits/weight in quantized layers; quantized in {took:.1f}s"))
+        print(f"  built {entries[-1][0]}: {entries[-1][3]}", flush=True)
+    stamps: dict[str, list[list[float]]] = {name: [] for name, *_ in entries}
+    try:
+        for round_ in range(args.repeats + 1):  # round 0 warms up
             t0 = time.perf_counter()
-            quantize_model(m, method, group, skip=skip)
-            took = time.perf_counter() - t0
-            label = f"acik {method}" + (f"-g{group}" if group else "") + (" (lm_head too)" if not skip else "")
-            s = quantization_summary(m)
-            add(label, decode_rate(m, cfg, prompt, args), model_bytes(m),
-                f"{s['bits_per_weight']:.2f} bits/weight in quantized layers; quantized in {took:.1f}s")
+            for name, (run, _), _, _ in entries:
+                t = run()
+                if round_:
+                    stamps[name].append(t)
+            print(f"  round {round_}{' (warm-up)' if not round_ else ''}: {time.perf_counter() - t0:.0f}s", flush=True)
+    finally:
+        for _, (_, close), _, _ in entries:
+            close()
+    rows = []
+    for name, _, nbytes, note in entries:
+        rows.append((name, rate_from_gaps(stamps[name]), nbytes, note))
+        print(f"  {name:<34} {rows[-1][1]:7.1f} tok/s  {nbytes / 2**20:7.1f} MiB  {note}", flush=True)
     return rows
 
 
@@ -270,23 +314,37 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=32, help="new tokens per decode run")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model", help="model directory for the quality half (default: train and cache one)")
-    ap.add_argument("--train-steps", type=int, default=200)
-    ap.add_argument("--eval-bytes", type=int, default=40000)
-    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--model", help="model directory for the quality half (default: runs/small/model, or the "
+                                    "recipes/small.yaml model trained once into .cache/bench-quant/small)")
+    ap.add_argument("--train-steps", type=int, help="train the cached model for this many steps instead of the "
+                                                    "recipe's (a smoke test of the training route)")
+    ap.add_argument("--eval-tokens", type=int, default=0, help="score the first N test tokens (default 0: all)")
+    ap.add_argument("--window", type=int, default=256, help="tokens per perplexity window (the recipe's seq_len)")
+    ap.add_argument("--methods", default=",".join(m for m, _ in METHODS),
+                    help="comma-separated acik methods to measure (default: all)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers in the speed half")
     args = ap.parse_args()
+    args.methods = args.methods.split(",")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats}", flush=True)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} rounds; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     q_rows = [] if args.skip_quality else quality(args)
     s_rows = [] if args.skip_speed else speed(args)
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    verdicts = []
     if q_rows:
-        bf16 = next(p for n, p, _ in q_rows if n == "bf16")
+        ppl = {n: p for n, p, _ in q_rows}
+        bf16 = ppl["bf16"]
         print("\n| weights | perplexity | vs bf16 | notes |\n|---|---|---|---|")
-        for name, ppl, note in q_rows:
-            print(f"| {name} | {ppl:.4f} | {100 * (ppl / bf16 - 1):+.2f}% | {note} |")
+        for name, p, note in q_rows:
+            print(f"| {name} | {p:.4f} | {100 * (p / bf16 - 1):+.2f}% | {note} |")
+        nan = float("nan")
+        verdicts += [("int8 perplexity within 0.2% of bf16", ppl.get("acik int8", nan) <= 1.002 * bf16),
+                     ("int4-hqq perplexity within 3% of bf16", ppl.get("acik int4-hqq-g64", nan) <= 1.03 * bf16),
+                     ("int4-hqq perplexity better than int4",
+                      ppl.get("acik int4-hqq-g64", nan) < ppl.get("acik int4-g64", nan))]
     if s_rows:
         rate = {n: r for n, r, _, _ in s_rows}
         bf16, hf_bf16 = rate["acik bfloat16"], rate.get("transformers bfloat16", float("nan"))
@@ -294,7 +352,12 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for name, r, nbytes, note in s_rows:
             print(f"| {name} | {r:.1f} | {r / bf16:.2f}× | {r / hf_bf16:.2f}× | {nbytes / 2**20:.1f} | {note} |")
-
+        int8, int4 = rate.get("acik int8", float("nan")), rate.get("acik int4-g64", float("nan"))
+        verdicts += [("int8 decode >= 2x acik bf16", int8 >= 2 * bf16),
+                     ("int8 decode >= 3x transformers bf16", int8 >= 3 * hf_bf16),
+                     ("int4 decode >= 4x transformers bf16", int4 >= 4 * hf_bf16)]
+    if verdicts:
+        print("\n" + "\n".join(f"- {'met' if ok else 'MISSED'}: {what} (default settings)" for what, ok in verdicts))
 
 if __name__ == "__main__":
     main()

@@ -64,6 +64,64 @@ def test_hqq_beats_round_to_nearest():
     assert (hqq - w).abs().mean() < 0.97 * (rtn - w).abs().mean()
 
 
+def _hqq_reference(w: torch.Tensor, group_size: int, iters: int, p=0.7, beta=10.0, kappa=1.01):
+    """The paper's update written in weight units, no early stop: per group, shrink the residual with
+    the l_p proximal operator, then set the zero point to the mean that fits the shrunk residual."""
+    g = w.float().reshape(w.shape[0], -1, group_size)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo).clamp(min=1e-5) / 15.0).half().float()
+    zero = -lo / scale
+    best_zero, best_err = zero, torch.full_like(zero, float("inf"))
+    for _ in range(iters):
+        codes = torch.round(g / scale + zero).clamp(0, 15)
+        err = g - (codes - zero) * scale
+        group_err = err.abs().mean(-1, keepdim=True)
+        best_zero = torch.where(group_err < best_err, zero, best_zero)
+        best_err = torch.minimum(group_err, best_err)
+        shrunk = torch.sign(err) * torch.relu(err.abs() - err.abs().pow(p - 1) / beta)
+        zero = (codes - (g - shrunk) / scale).mean(-1, keepdim=True)
+        beta *= kappa
+    return best_zero.squeeze(-1)
+
+
+def test_hqq_matches_the_weight_unit_update():
+    """acik runs HQQ in code units, chunk by chunk; without early stopping it must be the same
+    iteration as the paper's weight-unit form, whatever the chunk size."""
+    w = weights(64, 256)
+    want = _hqq_reference(w, 64, iters=20).half().float()
+    rows, whole = (methods.quantize_int4_hqq(w, 64, tol=0, chunk=c) for c in (256, 1 << 18))
+    assert all(torch.equal(a, b) for a, b in zip(rows, whole))  # one row at a time == all rows at once
+    diff = (whole[2].float() - want).abs()
+    # Float rounding in a different order can move a zero point by an fp16 step or two (1/128 at 8),
+    # never more, and rarely.
+    assert (diff == 0).float().mean() > 0.97 and diff.max() < 0.04
+
+
+def test_hqq_early_stop_keeps_the_error():
+    """Stopping once an iteration gains under 1e-4 (the default) loses almost nothing against 20
+    full iterations, and still beats plain rounding by a clear margin."""
+    w = weights(256, 512)
+    l1 = {}
+    for name, kwargs in (("full", {"tol": 0}), ("early", {}), ("one", {"iters": 1})):
+        l1[name] = (methods.dequantize_int4(*methods.quantize_int4_hqq(w, 64, **kwargs)) - w).abs().mean()
+    rtn = (methods.dequantize_int4(*methods.quantize_int4(w, 64)) - w).abs().mean()
+    assert l1["early"] <= 1.002 * l1["full"]
+    assert l1["early"] < 0.97 * rtn
+    assert l1["one"] > 1.01 * l1["full"]  # the iterations are what does the work
+
+
+def test_hqq_no_worse_than_the_hqq_package():
+    hqq = pytest.importorskip("hqq.core.quantize")
+    w = weights(128, 256)
+    linear = torch.nn.Linear(256, 128, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    theirs = hqq.HQQLinear(linear, quant_config=hqq.BaseQuantizeConfig(nbits=4, group_size=64, axis=1),
+                           compute_dtype=torch.float32, device="cpu").dequantize()
+    ours = methods.dequantize_int4(*methods.quantize_int4_hqq(w, 64))
+    assert (ours - w).abs().mean() <= 1.01 * (theirs - w).abs().mean()
+
+
 def test_nf4_error_and_levels():
     w = weights()
     codes, absmax = methods.quantize_nf4(w, 64)
@@ -230,6 +288,8 @@ def test_transformers_reads_compressed_tensors(base_dir, tmp_path, method):
         ours = llm.model(IDS).float()
         theirs = hf(IDS).logits.float()
         dense = acik.load(base_dir).model(IDS)
+    # int8 quantizes the head by default: transformers must read that too, not drop its scales.
+    assert isinstance(llm.model.lm_head, QuantLinear) == (method == "int8")
     # Same weights, so agreement far inside the quantization error (ours runs activations in bf16).
     assert (ours - theirs).abs().max() < 0.1 * (ours - dense).abs().max() + 5e-3
 
@@ -274,6 +334,38 @@ def test_group_size_must_divide_in_features():
         quantize_model(model, "int8", 64, skip=[])
     with pytest.raises(QuantizationError, match="fixes its group size at 32"):
         quantize_model(model, "mxfp4", 64, skip=[])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_default_skip(base_dir, tmp_path, method):
+    """8-bit methods quantize the output head (as llama.cpp's Q8_0), 4-bit ones keep it; the default
+    is written out, so the directory reloads the same layers."""
+    llm = acik.load(base_dir, quantize=method)
+    eight_bit = method in ("int8", "w8a8")
+    assert isinstance(llm.model.lm_head, QuantLinear) == eight_bit
+    assert llm.model.quantization["skip"] == ([] if eight_bit else ["lm_head"])
+    if eight_bit:
+        assert isinstance(acik.load(base_dir, quantize=method, skip=["lm_head"]).model.lm_head, torch.nn.Linear)
+    if method == "int8":
+        llm.save(tmp_path / "q")
+        assert isinstance(acik.load(tmp_path / "q").model.lm_head, QuantLinear)
+
+
+def test_cli_skip_lm_head_opts_out(base_dir, tmp_path):
+    from acik.cli import main
+
+    assert main(["quantize", str(base_dir), "--method", "int8", "--skip", "lm_head", "--out", str(tmp_path / "a")]) == 0
+    qc = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
+    assert qc["ignore"] == ["lm_head"] and qc["acik"]["skip"] == ["lm_head"]
+    assert main(["quantize", str(base_dir), "--method", "int4", "--skip", "", "--out", str(tmp_path / "b")]) == 0
+    assert isinstance(acik.load(tmp_path / "b").model.lm_head, QuantLinear)
+
+
+def test_tied_head_never_quantized():
+    cfg = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = quantize_model(Transformer(cfg), "int8")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
 def test_skip_keeps_layers_dense(base_dir):

@@ -32,8 +32,9 @@ class LLM:
         `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
         forward; a dense MoE checkpoint is quantised at load). `quantize`: an `acik.quant` method
         (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size` and `skip`
-        (default: lm_head); a directory written by `acik quantize` loads quantized by itself. `adapter`: a
-        LoRA adapter directory (PEFT format) applied unmerged on top of the (possibly quantized) base."""
+        (default `acik.quant.default_skip(method)`: lm_head for 4-bit methods, nothing for 8-bit); a
+        directory written by `acik quantize` loads quantized by itself. `adapter`: a LoRA adapter
+        directory (PEFT format) applied unmerged on top of the (possibly quantized) base."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such model directory")
@@ -60,9 +61,9 @@ class LLM:
         else:
             model = hf.build_model(config, path, device=device, dtype=dtype)
             if quantize:
-                from acik.quant import DEFAULT_SKIP, quantize_model
+                from acik.quant import quantize_model
 
-                quantize_model(model, quantize, group_size, DEFAULT_SKIP if skip is None else skip)
+                quantize_model(model, quantize, group_size, skip)
         if adapter is not None:
             from acik.train.lora import load_adapter
 

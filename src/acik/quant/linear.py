@@ -111,6 +111,7 @@ class Int8Linear(QuantLinear):
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.activations = activations
         self.method = "w8a8" if activations else "int8"
+        self._kernel_scale: torch.Tensor | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: bool = False) -> Int8Linear:
@@ -128,9 +129,18 @@ class Int8Linear(QuantLinear):
             xq = torch.round(flat.float() / xs).clamp(-127, 127).to(torch.int8)
             y = torch._int_mm(xq, self.weight.t()).float() * xs * self.weight_scale
         else:
-            y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), self.weight,
-                                                   self.weight_scale.to(KERNEL_DTYPE))
+            if self._kernel_scale is None:  # cast once, not per token (85 casts a decoded token at 124M)
+                self._kernel_scale = self.weight_scale.to(KERNEL_DTYPE)
+            y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), self.weight, self._kernel_scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel_scale = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel_scale = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
 
 class Int4Linear(QuantLinear):

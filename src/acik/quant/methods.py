@@ -71,30 +71,56 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
 
 
 def quantize_int4_hqq(w: torch.Tensor, group_size: int, iters: int = 20, p: float = 0.7, beta: float = 10.0,
-                      kappa: float = 1.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      kappa: float = 1.01, tol: float = 1e-4,
+                      chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """HQQ (Badri & Shaji 2023): keep the min-max scale, then optimise each group's (fractional) zero
     point by half-quadratic splitting against an l_p (p < 1) error, which tolerates a few outliers
-    instead of stretching every group around them. Same layout as `quantize_int4`, with float zeros."""
+    instead of stretching every group around them. Same layout as `quantize_int4`, with float zeros.
+
+    Each group keeps the best zero point it has seen, so stopping early never makes the result
+    worse. Like the hqq package, a pass stops once the error stops improving: here when one iteration
+    lowers the summed absolute error by less than `tol` of it (`tol=0`: always `iters` iterations).
+    Rows are processed `chunk` weights at a time so the working set stays in cache; with `tol=0` the
+    chunking does not change the result."""
     g = _groups(w, group_size)
+    rows = max(1, chunk // w.shape[1])
+    parts = [_hqq_zero_points(g[r:r + rows], iters, p, beta, kappa, tol) for r in range(0, g.shape[0], rows)]
+    codes, scale, zero = (torch.cat(t) for t in zip(*parts))
+    return codes.to(torch.uint8).reshape(w.shape), scale.half(), zero.half()
+
+
+def _hqq_zero_points(g: torch.Tensor, iters: int, p: float, beta: float, kappa: float,
+                     tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """groups [rows, G, size] -> (codes [rows, G, size] float, scale [rows, G], zero [rows, G]).
+
+    Works in code units (weights divided by the group scale), where the reconstruction is
+    code - zero. The proximal step for |e|^p (e the error in weight units) shrinks e by
+    |e|^(p-1) / beta; the zero update is then zero -= mean(sign(e) * min(|e|, |e|^(p-1) / beta)),
+    which in code units (e = s * u) is mean(sign(u) * min(|u|, |u|^(p-1) * s^(p-2) / beta))."""
     lo, hi = g.amin(dim=-1, keepdim=True), g.amax(dim=-1, keepdim=True)
-    inv_scale = 1.0 / _stored((hi - lo).clamp(min=1e-5) / 15.0)
-    zero = -lo * inv_scale
-    best_zero, best_err = zero.clone(), torch.full_like(zero, float("inf"))
+    scale = _stored((hi - lo).clamp(min=1e-5) / 15.0)
+    x = g / scale
+    zero = -lo / scale
+    best_zero, best_err = zero, torch.full_like(zero, float("inf"))
+    total = float("inf")
     for _ in range(iters):
-        codes = torch.round(g * inv_scale + zero).clamp(0, 15)
-        recon = (codes - zero) / inv_scale
-        err = g - recon
-        # Proximal step for |e|^p: shrink the residual, so outliers stay in it rather than in the fit.
-        shrunk = torch.sign(err) * torch.relu(err.abs() - err.abs().clamp(min=1e-12).pow(p - 1) / beta)
-        group_err = err.abs().mean(dim=-1, keepdim=True)
+        t = x + zero
+        u = t - t.round().clamp_(0, 15)
+        a = u.abs()
+        group_err = a.mean(dim=-1, keepdim=True)
         better = group_err < best_err
         best_err = torch.where(better, group_err, best_err)
         best_zero = torch.where(better, zero, best_zero)
-        zero = (codes - (g - shrunk) * inv_scale).mean(dim=-1, keepdim=True)
+        now = (best_err * scale).sum().item()  # the weight-unit l1 error of the best zeros so far
+        if total - now <= tol * now:
+            break
+        total = now
+        shrink = torch.minimum(a, a.pow(p - 1).mul_(scale.pow(p - 2) / beta))
+        zero = zero - torch.copysign(shrink, u).mean(dim=-1, keepdim=True)
         beta *= kappa
     best_zero = _stored(best_zero)
-    codes = torch.round(g * inv_scale + best_zero).clamp(0, 15)
-    return codes.to(torch.uint8).reshape(w.shape), (1.0 / inv_scale).squeeze(-1).half(), best_zero.squeeze(-1).half()
+    codes = (x + best_zero).round_().clamp_(0, 15)
+    return codes, scale.squeeze(-1), best_zero.squeeze(-1)
 
 
 def dequantize_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,

@@ -226,7 +226,9 @@ def write_model_cards(inputs: dict[str, Path], r: QuickstartRecipe, results: dic
                  "others, not whether it can write one.", ""]
         if stage == "int8":
             q = m.get("quantization", {})
-            lines += [f"- int8 weights (per-channel scales; `{', '.join(r.quantize.skip)}` kept in full precision): "
+            skip = q.get("skip", r.quantize.skip) or []
+            kept = f"`{', '.join(skip)}` kept in full precision" if skip else "every linear layer quantized"
+            lines += [f"- int8 weights (per-channel scales; {kept}): "
                       f"{q.get('bits_per_weight', 8):.2f} bits per quantized weight.", ""]
         lines += ["## Training data", "",
                   f"{card['documents_kept']:,} of {card['documents_in']:,} documents of the Python environment "
