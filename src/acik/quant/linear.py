@@ -9,7 +9,8 @@ Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
 - int8 weight-only: `aten._weight_int8pack_mm` (int8 [out, in], one scale per row).
 - int4: `aten._weight_int4pack_mm_for_cpu` on CPU, `aten._weight_int4pack_mm` on CUDA; both need
   out_features divisible by 16 (CPU) and take their own packed layout, built once on first use.
-- w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm`.
+- w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm` (on CUDA it needs
+  more than 16 rows, so decode's few rows are zero-padded).
 - NF4 and MXFP4 have no packed kernel: the weight is dequantized per layer, per call.
 Both packed kernels run much faster with bfloat16 activations than float32 ones on this CPU, so
 they compute in bfloat16 and hand back the input's dtype.
@@ -127,7 +128,10 @@ class Int8Linear(QuantLinear):
         if self.activations:
             xs = (flat.float().abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)
             xq = torch.round(flat.float() / xs).clamp(-127, 127).to(torch.int8)
-            y = torch._int_mm(xq, self.weight.t()).float() * xs * self.weight_scale
+            rows = xq.shape[0]
+            if xq.is_cuda and rows <= 16:  # CUDA's int8 GEMM wants more than 16 rows (decode has 1-8)
+                xq = F.pad(xq, (0, 0, 0, 17 - rows))
+            y = torch._int_mm(xq, self.weight.t())[:rows].float() * xs * self.weight_scale
         else:
             if self._kernel_scale is None:  # cast once, not per token (85 casts a decoded token at 124M)
                 self._kernel_scale = self.weight_scale.to(KERNEL_DTYPE)
