@@ -141,25 +141,33 @@ def main() -> None:
     p.add_argument("--gsm8k-steps", type=int, default=0, help="also run the GSM8K check for this many steps")
     p.add_argument("--gsm8k-eval-batches", type=int, default=10)
     p.add_argument("--skip-table", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds over the configurations")
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     import torch
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(a.threads)
     if a.only:
         print(json.dumps(CONFIGS[a.only](a)))
         return
     if not a.skip_table:
-        rows = {}
-        for name in CONFIGS:
-            cmd = [sys.executable, __file__, "--only", name, "--base", a.base, "--data", a.data, "--steps",
-                   str(a.steps), "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(out.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"{name} failed")
-            rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+        # Rounds visit every configuration in turn, so a change in machine load hits all rows alike.
+        for _ in range(a.rounds):
+            for name in CONFIGS:
+                cmd = [sys.executable, __file__, "--only", name, "--base", a.base, "--data", a.data, "--steps",
+                       str(a.steps), "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
+                       "--threads", str(a.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    print(out.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{name} failed")
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows = {name: {"trainable": r[0]["trainable"],
+                       "tokens_per_s": statistics.median(x["tokens_per_s"] for x in r),
+                       "peak_bytes": statistics.median(x["peak_bytes"] for x in r)} for name, r in runs.items()}
         print(f"base {a.base}; {a.steps} steps of {a.batch_size} x {a.seq_len} padded tokens (GSM8K train), "
-              f"{torch.get_num_threads()} threads\n")
+              f"{a.threads} threads, median of {a.rounds} alternating rounds\n")
         print("| configuration | trainable params | tokens/s (median) | peak memory (RSS) |")
         print("|---|---:|---:|---:|")
         for name, r in rows.items():
