@@ -195,7 +195,7 @@ def throughput(cfg, batch: int, seq: int, steps: int, repeats: int, with_compile
     return out
 
 
-def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
+def bench_b(steps: int, repeats: int, with_compile: bool, with_bf16: bool = False) -> list[tuple]:
     from acik.config import ModelConfig
     from acik.model import Transformer
 
@@ -203,15 +203,18 @@ def bench_b(steps: int, repeats: int, with_compile: bool) -> list[tuple]:
                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256,
                       tie_word_embeddings=True)
     batch, seq = 16, 256
-    res = throughput(cfg, batch, seq, steps, repeats, with_compile)
-    a, h = res["acik"], res["hf"]
-    n = sum(p.numel() for p in Transformer(cfg).parameters())
-    rows = [("acik Transformer + fused AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{a:,.0f}", f"{a / h:.2f}x")]
-    if "acik_compiled" in res:
-        c = res["acik_compiled"]
-        rows.append(("acik, `compile: true`", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{c:,.0f}", f"{c / h:.2f}x"))
-    return rows + [("transformers LlamaForCausalLM + AdamW", f"{n / 1e6:.1f}M", f"{batch}x{seq}", f"{h:,.0f}",
-                    "1.00x")]
+    n = f"{sum(p.numel() for p in Transformer(cfg).parameters()) / 1e6:.1f}M"
+    rows = []
+    for bf16 in (False, True) if with_bf16 else (False,):
+        res = throughput(cfg, batch, seq, steps, repeats, with_compile, bf16_autocast=bf16)
+        h, tag = res["hf"], " (bf16 autocast)" if bf16 else ""
+        rows.append((f"acik Transformer + fused AdamW{tag}", n, f"{batch}x{seq}", f"{res['acik']:,.0f}",
+                     f"{res['acik'] / h:.2f}x"))
+        if "acik_compiled" in res:
+            c = res["acik_compiled"]
+            rows.append((f"acik, `compile: true`{tag}", n, f"{batch}x{seq}", f"{c:,.0f}", f"{c / h:.2f}x"))
+        rows.append((f"transformers LlamaForCausalLM + AdamW{tag}", n, f"{batch}x{seq}", f"{h:,.0f}", "1.00x"))
+    return rows
 
 
 def bench_moe(run_dir: Path, repeats: int = 3) -> list[tuple]:
@@ -266,6 +269,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternating runs per side in (b)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time acik with torch.compile in (b)")
+    p.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast in (b)")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--skip-b", action="store_true")
     p.add_argument("--moe-run", help="(c) elastic-experts table for a run of recipes/small-moe.yaml")
@@ -279,7 +283,7 @@ def main() -> None:
         print(table(("trainer", "steps", "seconds", "batch", "context", "val loss"), bench_a(args.budget)))
     if not args.skip_b:
         print("\n(b) training throughput, same Llama config (median of alternating runs)\n")
-        rows = bench_b(args.steps, args.repeats, args.compile)
+        rows = bench_b(args.steps, args.repeats, args.compile, args.bf16)
         print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), rows))
     if args.moe_run:
         print("\n(c) elastic experts: validation perplexity and forward tokens/s\n")
