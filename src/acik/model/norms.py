@@ -16,7 +16,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.rms_norm computes in fp32 and rounds once to x's dtype, the weight applied before that
-        # rounding: bit-identical to the float()/pow/mean/rsqrt spelling (tests/test_model_speedups.py
+        # rounding: bit-identical to the float()/pow/mean/rsqrt spelling (tests/test_engine_step.py
         # holds it to that), in fewer operators.
         if self.cast == "before":  # Llama: back to the input dtype, then scale
             return self.weight * F.rms_norm(x, self.weight.shape, None, self.eps)
