@@ -18,19 +18,12 @@ import torch
 from acik.config import ModelConfig
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """`t`'s bits as integers of the same size: on CPU, scatter_ of bf16/fp16 runs several times slower
-    than scatter_ of int16 (5x at 8 rows), and a cache write is only a copy."""
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
 class KVCache:
     def __init__(self, config: ModelConfig, num_slots: int, max_seq_len: int, chunk: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         self.num_slots, self.max_seq_len, self.chunk = num_slots, max_seq_len, chunk
         shape = (num_slots, config.num_key_value_heads)
         hd = config.head_dim
-        self._kv_shape = (config.num_key_value_heads, hd)
         # One capacity per layer: full layers index by position; windowed layers by position % ring.
         self.ring = [config.layer_types[i] == "sliding_attention" for i in range(config.num_hidden_layers)]
         ring_cap = min(max_seq_len, (config.sliding_window or max_seq_len) - 1 + chunk)
@@ -43,8 +36,11 @@ class KVCache:
         self.ring_cap = ring_cap
         self.lengths = [0] * num_slots  # next position of each slot (host-side, for slicing)
         self._rows = slice(0, 0)
-        self._idx_full = self._idx_ring = None
-        self._len = 0
+        self._start = 0  # _rows.start, alone: a compiled step guards on the value of what it reads
+        # Set by select(), one per layer kind (index 0: full layers, 1: ring layers): the entries update()
+        # writes (slot and entry indices), and the positions of the entries it returns.
+        self._write_at: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+        self._key_pos: tuple[torch.Tensor, ...] = ()
 
     def reset(self, slot: int) -> None:
         self.pos_full[slot].fill_(-1)
@@ -57,34 +53,37 @@ class KVCache:
             raise ValueError(f"a forward pass of {positions.shape[1]} tokens exceeds the cache's chunk "
                              f"size {self.chunk}")
         rows = slice(start, stop)
-        self._rows = rows
+        self._rows, self._start = rows, start
         last = positions[:, -1].tolist()
         for i, p in zip(range(start, stop), last):
             if p >= self.max_seq_len:
                 raise ValueError(f"position {p} is beyond the cache's max_seq_len {self.max_seq_len}")
             self.lengths[i] = p + 1
-        self._len = max(self.lengths[start:stop])
+        n = max(self.lengths[start:stop])
         ring_idx = positions % self.ring_cap
         self.pos_full[rows].scatter_(1, positions, positions)
         self.pos_ring[rows].scatter_(1, ring_idx, positions)
-        # Where update() writes k and v [B, kv_heads, T, head_dim]: expanded here once, not in every layer.
-        (B, T), (H, D) = positions.shape, self._kv_shape
-        self._idx_full = positions[:, None, :, None].expand(B, H, T, D)
-        self._idx_ring = ring_idx[:, None, :, None].expand(B, H, T, D)
+        # Computed once here rather than in every layer. The number of entries returned (up to the longest
+        # row; for a ring, all of it once it has wrapped) is the width of these position tensors, not a
+        # Python int, so a compiled decode step sees it as a symbolic size and does not recompile as
+        # sequences grow.
+        slots = torch.arange(start, stop, device=positions.device)[:, None]
+        self._write_at = ((slots, positions), (slots, ring_idx))
+        self._key_pos = (self.pos_full[rows, :n], self.pos_ring[rows, :min(n, self.ring_cap)])
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Write k, v [B, kv_heads, T, head_dim] into the selected rows; return all keys, values and
         their positions for those rows."""
         ring = self.ring[layer_idx]
-        idx = self._idx_ring if ring else self._idx_full
-        kb, vb = self.k[layer_idx][self._rows], self.v[layer_idx][self._rows]
-        _bits(kb).scatter_(2, idx, _bits(k))
-        _bits(vb).scatter_(2, idx, _bits(v))
-        if ring:
-            n = min(self._len, self.ring_cap)
-            return kb[:, :, :n], vb[:, :, :n], self.pos_ring[self._rows, :n]
-        n = self._len
-        return kb[:, :, :n], vb[:, :, :n], self.pos_full[self._rows, :n]
+        slots, entries = self._write_at[ring]
+        # Indexed assignment rather than scatter_: compiled, it is written in place (a scatter into a
+        # view of the cache is compiled as a copy of the whole cache), and eager it is as fast.
+        self.k[layer_idx][slots, :, entries] = k.transpose(1, 2)
+        self.v[layer_idx][slots, :, entries] = v.transpose(1, 2)
+        k_pos = self._key_pos[ring]
+        B, S = k_pos.shape
+        return (self.k[layer_idx].narrow(0, self._start, B)[:, :, :S],
+                self.v[layer_idx].narrow(0, self._start, B)[:, :, :S], k_pos)
 
     def next_position(self) -> int:
         return self.lengths[self._rows.start] if self._rows.stop > self._rows.start else 0
