@@ -77,28 +77,35 @@ def test_decode_with_every_key_visible_skips_the_mask():
         pos = torch.tensor([[6]])
         cache.select(0, 1, pos)
         k, v, k_pos = cache.update(0, torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8), pos)
-        assert attn.mask(pos, k_pos, None, torch.float32) is None  # one query, no holes: no mask
-        assert attn.mask(torch.arange(7)[None], k_pos, None, torch.float32) is not None  # causal prefill
+        assert attn.mask(pos, k_pos, None) is None  # one query, no holes: no mask
+        assert attn.mask(torch.arange(7)[None], k_pos, None) is not None  # causal prefill
 
 
-def test_one_query_attention_matches_sdpa():
-    """The written-out path (fp32, grouped heads) against PyTorch's SDPA with repeated keys, bf16 inputs."""
-    m = model(layer_types=["full_attention"] * 5)
+@pytest.mark.parametrize("sinks", [False, True])
+@pytest.mark.parametrize("T", [1, 4])
+def test_attention_paths_match_a_spelled_out_reference(sinks, T):
+    """bf16 inputs, grouped heads, a mask with holes: every path of _attend (one-query fp32, SDPA, sinks) against
+    softmax(q k^T) v written out in fp64 with repeated keys."""
+    m = model(layer_types=["full_attention"] * 5, attention_sinks=sinks)
     attn = m.model.layers[0].self_attn
     g = torch.Generator().manual_seed(1)
-    q = torch.randn(3, 6, 1, 8, generator=g).bfloat16()
+    q = torch.randn(3, 6, T, 8, generator=g).bfloat16()
     k, v = torch.randn(3, 2, 11, 8, generator=g).bfloat16(), torch.randn(3, 2, 11, 8, generator=g).bfloat16()
-    allowed = torch.rand(3, 1, 1, 11, generator=g) > 0.3
+    allowed = torch.rand(3, 1, T, 11, generator=g) > 0.3
     allowed[..., 0] = True
-    bias = torch.zeros(allowed.shape, dtype=torch.bfloat16).masked_fill_(~allowed, float("-inf"))
-    out = attn._attend(q, k, v, bias)
-    want = torch.nn.functional.scaled_dot_product_attention(
-        q.float(), k.float().repeat_interleave(3, 1), v.float().repeat_interleave(3, 1), attn_mask=allowed,
-        scale=attn.scale)
-    assert out.dtype == torch.bfloat16
-    assert torch.allclose(out.float(), want, atol=1e-2)
-    assert torch.allclose(attn._attend(q, k, v, None).float(), torch.nn.functional.scaled_dot_product_attention(
-        q.float(), k.float().repeat_interleave(3, 1), v.float().repeat_interleave(3, 1), scale=attn.scale), atol=1e-2)
+    for mask in (allowed, None):
+        out = attn._attend(q, k, v, mask)
+        scores = (q.double() @ k.double().repeat_interleave(3, 1).transpose(-1, -2)) * attn.scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if sinks:
+            sink = attn.sinks.detach().double().view(1, 6, 1, 1).expand(3, 6, T, 1)
+            probs = torch.softmax(torch.cat([scores, sink], -1), -1)[..., :-1]
+        else:
+            probs = torch.softmax(scores, -1)
+        want = probs @ v.double().repeat_interleave(3, 1)
+        assert out.dtype == torch.bfloat16
+        assert torch.allclose(out.double(), want, atol=1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

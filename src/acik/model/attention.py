@@ -90,45 +90,46 @@ class Attention(nn.Module):
         else:
             masks = {} if masks is None else masks
             if self.layer_type not in masks:
-                masks[self.layer_type] = self.mask(positions, k_pos, segment_ids, q.dtype)
+                masks[self.layer_type] = self.mask(positions, k_pos, segment_ids)
             out = self._attend(q, k, v, masks[self.layer_type])
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, segment_ids: torch.Tensor | None,
-             dtype: torch.dtype) -> torch.Tensor | None:
-        """The additive mask [B, 1, T, S]: 0 where a query may attend, -inf where not; None when every query
-        may see every key."""
-        allowed = self.mask_fn(q_pos, k_pos, self.config)
+    def mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, 1, T, S] boolean (True: may attend), or None when every query may see every key."""
+        mask = self.mask_fn(q_pos, k_pos, self.config)
         if segment_ids is not None:  # packed sequences: attend only within the same example
-            allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         # The usual batch-1 decode step (one query, a cache with no holes or window edge) needs no mask, and
         # attention without one is cheaper. Compiled code keeps the mask: a data-dependent branch would split
         # its graph.
-        if not torch.compiler.is_compiling() and bool(allowed.all()):
+        if not torch.compiler.is_compiling() and bool(mask.all()):
             return None
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return bias.masked_fill_(~allowed, float("-inf"))[:, None]
+        return mask[:, None]
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.config.attention_sinks:
+            return self._attend_with_sinks(q, k, v, mask)
+        gqa = self.n_kv != self.n_heads
+        if q.shape[2] == 1 and q.device.type == "cpu":
+            # One query (a decode step): PyTorch's CPU flash kernel handles a single query row slowly in bf16
+            # (on this project's CPU, 4-10x slower than in fp32 from 128 keys on), so attend in fp32.
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=gqa)
+            return out.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+
+    def _attend_with_sinks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+        """One learned logit per head joins the softmax as an extra column, then is dropped, so a head can put
+        weight on "nothing". In fp32; the query heads that share a key head are stacked as rows of one matrix
+        product, so keys are never repeated."""
         (B, H, T, D), dtype = q.shape, q.dtype
-        if T > 1 and not self.config.attention_sinks:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                                  enable_gqa=self.n_kv != self.n_heads)
-        # Written out for sinks (an extra softmax column), and for one-query decode steps, where PyTorch's CPU
-        # flash kernel is slow in bf16 (on this project's CPU, 4-6x slower than this at 128 to 1k keys). The
-        # query heads that share a key head are stacked as rows of one matrix product, so keys are never
-        # repeated; the arithmetic is fp32, which in bf16 is both more exact and, for such thin products, faster.
         G, r = self.n_kv, self.n_heads // self.n_kv
         q, k, v = q.float(), k.float(), v.float()
         scores = (q.reshape(B, G, r * T, D) @ k.transpose(-1, -2)).view(B, G, r, T, -1) * self.scale
         if mask is not None:  # [B, 1, T, S] -> [B, 1, 1, T, S]
-            scores = scores + mask[:, :, None]
-        if self.config.attention_sinks:
-            # One learned logit per head joins the softmax as an extra column, then is dropped, so a head can
-            # put weight on "nothing".
-            sink = self.sinks.float().view(1, G, r, 1, 1).expand(B, G, r, T, 1)
-            probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-        else:
-            probs = torch.softmax(scores, dim=-1)
+            scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        sink = self.sinks.float().view(1, G, r, 1, 1).expand(B, G, r, T, 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
         out = probs.reshape(B, G, r * T, -1) @ v
         return out.view(B, H, T, D).to(dtype)
