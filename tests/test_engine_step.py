@@ -26,8 +26,8 @@ def model(**kw) -> Transformer:
     return m.eval()
 
 
-@pytest.mark.parametrize("sinks", [False, True])
-def test_cached_batch_of_different_lengths_matches_each_sequence_alone(sinks):
+@pytest.mark.parametrize("sinks, whole_ring", [(False, False), (True, False), (False, True)])
+def test_cached_batch_of_different_lengths_matches_each_sequence_alone(sinks, whole_ring):
     """Three sequences of different lengths decode together through the ring-buffered cache (windowed layers),
     with prefill chunks smaller than the window; every step's logits equal a cache-free forward of that
     sequence alone, whose masks come straight from positions (no memo, no cache, no explicit attention)."""
@@ -35,7 +35,7 @@ def test_cached_batch_of_different_lengths_matches_each_sequence_alone(sinks):
     m = model(attention_sinks=sinks)
     lengths, new = [3, 9, 6], 6
     seqs = [torch.randint(0, 61, (n + new,)) for n in lengths]
-    cache = KVCache(m.config, num_slots=3, max_seq_len=32, chunk=4)
+    cache = KVCache(m.config, num_slots=3, max_seq_len=32, chunk=4, whole_ring=whole_ring)
     got = [[] for _ in seqs]
     with torch.no_grad():
         for row, (s, n) in enumerate(zip(seqs, lengths)):  # prefill each row alone, in chunks of up to 4
@@ -145,3 +145,34 @@ def test_rope_matches_rotate_half(rot):
     want = torch.cat((xr * cos[:, None] + rotated * sin[:, None], x[..., rot:]), -1)
     signed = torch.cat((-angle.sin(), angle.sin()), -1)  # RotaryEmbedding's sign-folded sin
     assert torch.allclose(apply_rope(x, cos[:, None], signed[:, None]), want, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_eager_without_recompiling():
+    """Engine(compile=True): the same greedy tokens as eager for a batch of different lengths through sliding and
+    full layers, with two graphs in all (batch 1, and any larger batch), however long the sequences grow."""
+    from acik.engine import Engine, Request
+    from acik.llm import LLM
+
+    torch._dynamo.reset()
+    m = model(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
+    with torch.no_grad():  # larger weights, so greedy output is not one repeated token
+        for p in m.parameters():
+            if p.ndim == 2:
+                p.mul_(8)
+    llm = LLM(m, m.config)
+    prompts = [torch.randint(0, 61, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (3, 11, 6)]
+
+    def run(engine):
+        one = [ev.token_id for ev in engine.submit(Request(prompt_ids=prompts[0], max_new_tokens=12, temperature=0,
+                                                           ignore_eos=True)) if ev.token_id is not None]
+        handles = [engine.submit(Request(prompt_ids=p, max_new_tokens=12, temperature=0, ignore_eos=True))
+                   for p in prompts]
+        return [one] + [[ev.token_id for ev in h if ev.token_id is not None] for h in handles]
+
+    with Engine(llm, max_batch_size=3, max_seq_len=32, prefill_chunk=4) as eager:
+        want = run(eager)
+    with Engine(llm, max_batch_size=3, max_seq_len=32, prefill_chunk=4, compile=True) as compiled:
+        got = run(compiled)
+    assert got == want
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2

@@ -20,19 +20,24 @@ from acik.config import ModelConfig
 
 class KVCache:
     def __init__(self, config: ModelConfig, num_slots: int, max_seq_len: int, chunk: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", whole_ring: bool = False):
+        """`whole_ring`: ring layers return all their entries (empty ones masked by position -1) rather than
+        only those in use, so that shapes do not change when a ring fills (for a compiled step)."""
         self.num_slots, self.max_seq_len, self.chunk = num_slots, max_seq_len, chunk
+        self.whole_ring = whole_ring
         shape = (num_slots, config.num_key_value_heads)
         hd = config.head_dim
         # One capacity per layer: full layers index by position; windowed layers by position % ring.
         self.ring = [config.layer_types[i] == "sliding_attention" for i in range(config.num_hidden_layers)]
         ring_cap = min(max_seq_len, (config.sliding_window or max_seq_len) - 1 + chunk)
         self.caps = [ring_cap if r else max_seq_len for r in self.ring]
-        self.k = [torch.zeros(*shape, cap, hd, dtype=dtype, device=device) for cap in self.caps]
-        self.v = [torch.zeros(*shape, cap, hd, dtype=dtype, device=device) for cap in self.caps]
+        # Each buffer has one entry more than is ever used: a read of all used entries is then never the whole
+        # buffer, a case a compiled step would otherwise specialise on (and recompile for at the context's end).
+        self.k = [torch.zeros(*shape, cap + 1, hd, dtype=dtype, device=device) for cap in self.caps]
+        self.v = [torch.zeros(*shape, cap + 1, hd, dtype=dtype, device=device) for cap in self.caps]
         # Which position each entry holds (-1: empty); shared by all layers of the same kind.
-        self.pos_full = torch.full((num_slots, max_seq_len), -1, dtype=torch.long, device=device)
-        self.pos_ring = torch.full((num_slots, ring_cap), -1, dtype=torch.long, device=device)
+        self.pos_full = torch.full((num_slots, max_seq_len + 1), -1, dtype=torch.long, device=device)
+        self.pos_ring = torch.full((num_slots, ring_cap + 1), -1, dtype=torch.long, device=device)
         self.ring_cap = ring_cap
         self.lengths = [0] * num_slots  # next position of each slot (host-side, for slicing)
         self._rows = slice(0, 0)
@@ -66,10 +71,12 @@ class KVCache:
         # Computed once here rather than in every layer. The number of entries returned (up to the longest
         # row; for a ring, all of it once it has wrapped) is the width of these position tensors, not a
         # Python int, so a compiled decode step sees it as a symbolic size and does not recompile as
-        # sequences grow.
+        # sequences grow. (A compiled step reads whole rings: while a ring and the full layers return equal
+        # counts, the compiler would take them for one size, and recompile when they part.)
         slots = torch.arange(start, stop, device=positions.device)[:, None]
         self._write_at = ((slots, positions), (slots, ring_idx))
-        self._key_pos = (self.pos_full[rows, :n], self.pos_ring[rows, :min(n, self.ring_cap)])
+        ring_n = self.ring_cap if self.whole_ring else min(n, self.ring_cap)
+        self._key_pos = (self.pos_full[rows, :n], self.pos_ring[rows, :ring_n])
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Write k, v [B, kv_heads, T, head_dim] into the selected rows; return all keys, values and
