@@ -32,8 +32,8 @@ def test_block_sparse_matches_dense_reference():
     B, T = 2, 29
     x = torch.randn(B, T, cfg.hidden_size)
     pos = torch.arange(T).expand(B, T)
-    cos = torch.ones(B, T, cfg.head_dim)
-    sin = torch.zeros(B, T, cfg.head_dim)  # no rotation: the reference need not re-implement RoPE
+    cos = torch.ones(B, 1, T, cfg.head_dim)  # RotaryEmbedding's layout: [B, 1 (heads), T, rot_dim]
+    sin = torch.zeros(B, 1, T, cfg.head_dim)  # no rotation: the reference need not re-implement RoPE
     out = attn(x, cos, sin, pos)
 
     mask = torch.tensor([[allowed(i, j, 4, 3) for j in range(T)] for i in range(T)])

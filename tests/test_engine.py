@@ -228,7 +228,7 @@ def test_ring_buffer_is_bounded():
     cfg = preset("tiny", sliding_window=7, layer_types=["sliding_attention", "full_attention"] * 2)
     engine = Engine(LLM(Transformer(cfg), cfg), max_batch_size=3, max_seq_len=256, prefill_chunk=8)
     assert engine.cache.caps == [7 - 1 + 8, 256] * 2
-    assert engine.cache.k[0].shape == (3, 2, 14, 32)
+    assert engine.cache.k[0].shape == (3, 2, 14 + 1, 32)  # + 1: see KVCache.__init__
 
 
 def test_extreme_sampling_settings_never_kill_the_engine():

@@ -47,6 +47,15 @@ def test_generate_command_reads_a_recipe(model_dir, tmp_path, capsys):
     assert "max_new_tokenz" in capsys.readouterr().err
 
 
+def test_compile_flag_reaches_the_engine(model_dir, monkeypatch, capsys):
+    import acik.engine.scheduler as scheduler
+
+    seen = []
+    monkeypatch.setattr(scheduler.torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "2", "--compile"]) == 0
+    assert seen == [{"dynamic": True}]
+
+
 def test_generate_command_bad_input(model_dir, capsys):
     assert main(["generate", str(model_dir), "Hi", "--temperature", "-1"]) == 2
     assert "temperature" in capsys.readouterr().err

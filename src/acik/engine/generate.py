@@ -199,6 +199,7 @@ class GenerateRecipe:
     stop: list[str] = field(default_factory=list)
     dtype: str = "auto"
     max_seq_len: int | None = None
+    compile: bool = False
     system: str | None = None
 
 
@@ -217,6 +218,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--dtype", help="auto (checkpoint's), float32, bfloat16")
     p.add_argument("--max-seq-len", type=int, help="context per sequence (default: model's, at most 4096)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the decode step (faster per token after a first reply that compiles)")
 
 
 def _recipe(args: argparse.Namespace) -> GenerateRecipe:
@@ -236,7 +239,7 @@ def _load(name: str, r: GenerateRecipe):
     import acik
 
     llm = acik.load(resolve_model(name), dtype=r.dtype)
-    get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len)
+    get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len, compile=r.compile)
     return llm
 
 

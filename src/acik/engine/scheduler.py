@@ -134,7 +134,8 @@ class Engine:
 
     `max_batch_size`: concurrent sequences (cache slots); `max_seq_len`: context per sequence (default:
     the model's, at most 4096, to keep the preallocated cache modest); `prefill_chunk`: prompt tokens
-    per forward pass while prefilling.
+    per forward pass while prefilling; `compile`: run decode steps through `torch.compile` (two graphs,
+    batch 1 and larger batches, compiled at their first use; sequence growth does not recompile).
     """
 
     def __init__(self, llm, max_batch_size: int = 8, max_seq_len: int | None = None, prefill_chunk: int = 512,
@@ -159,9 +160,9 @@ class Engine:
         param = next(self.model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = KVCache(self.config, max_batch_size, self.max_seq_len, self.prefill_chunk,
-                             dtype=self.dtype, device=self.device)
+                             dtype=self.dtype, device=self.device, whole_ring=compile)
         self._decode_fn = self._forward
-        if compile:
+        if compile:  # dynamic: batch size and key count are symbolic (see KVCache.select)
             self._decode_fn = torch.compile(self._forward, dynamic=True)
         self._waiting: queue.Queue[_Sequence] = queue.Queue()
         self._rows: list[_Sequence] = []  # rows[:decoding] decode; rows[decoding] (if any) prefills

@@ -50,8 +50,9 @@ class Attention(nn.Module):
         self.config = config
         self.n_heads, self.n_kv, self.head_dim = config.num_attention_heads, config.num_key_value_heads, \
             config.head_dim
-        self.mask_fn = MASKS[config.layer_types[layer_idx]]
-        self.is_causal_only = config.layer_types[layer_idx] == "full_attention"
+        self.layer_type = config.layer_types[layer_idx]
+        self.mask_fn = MASKS[self.layer_type]
+        self.is_causal_only = self.layer_type == "full_attention"
         self.scale = config.attention_scale or 1.0 / math.sqrt(self.head_dim)
         hidden, q_dim, kv_dim = config.hidden_size, self.n_heads * self.head_dim, self.n_kv * self.head_dim
         self.q_proj = nn.Linear(hidden, q_dim, bias=config.q_bias)
@@ -66,7 +67,9 @@ class Attention(nn.Module):
             self.sinks = nn.Parameter(torch.zeros(self.n_heads))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                cache=None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+                cache=None, segment_ids: torch.Tensor | None = None, masks: dict | None = None) -> torch.Tensor:
+        """`masks`: shared by the layers of one forward pass; the first layer of each attention pattern
+        stores its mask there and the others reuse it (every layer of a pattern sees the same keys)."""
         B, T, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.config.qk_norm == "full":  # OLMo-2: normalise the whole projection
@@ -85,22 +88,48 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                  enable_gqa=self.n_kv != self.n_heads)
         else:
-            mask = self.mask_fn(positions, k_pos, self.config)
-            if segment_ids is not None:  # packed sequences: attend only within the same example
-                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-            out = self._attend(q, k, v, mask[:, None])
+            masks = {} if masks is None else masks
+            if self.layer_type not in masks:
+                masks[self.layer_type] = self.mask(positions, k_pos, segment_ids)
+            out = self._attend(q, k, v, masks[self.layer_type])
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if not self.config.attention_sinks:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                                  enable_gqa=self.n_kv != self.n_heads)
-        # Sinks: one learned logit per head joins the softmax as an extra column, then is dropped,
-        # so a head can put weight on "nothing".
-        rep = self.n_heads // self.n_kv
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * self.scale
-        scores = scores.masked_fill(~mask, float("-inf"))
-        sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
-        probs = torch.softmax(torch.cat([scores, sink], dim=-1).float(), dim=-1).to(q.dtype)
-        return probs[..., :-1] @ v
+    def mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, segment_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, 1, T, S] boolean (True: may attend), or None when every query may see every key."""
+        mask = self.mask_fn(q_pos, k_pos, self.config)
+        if segment_ids is not None:  # packed sequences: attend only within the same example
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        # The usual batch-1 decode step (one query, a cache with no holes or window edge) needs no mask, and
+        # attention without one is cheaper. Compiled code keeps the mask: a data-dependent branch would split
+        # its graph.
+        if not torch.compiler.is_compiling() and bool(mask.all()):
+            return None
+        return mask[:, None]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.config.attention_sinks:
+            return self._attend_with_sinks(q, k, v, mask)
+        gqa = self.n_kv != self.n_heads
+        if q.shape[2] == 1 and q.device.type == "cpu":
+            # One query (a decode step): PyTorch's CPU flash kernel handles a single query row slowly in bf16
+            # (on this project's CPU, 4-10x slower than in fp32 from 128 keys on), so attend in fp32.
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=gqa)
+            return out.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+
+    def _attend_with_sinks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+        """One learned logit per head joins the softmax as an extra column, then is dropped, so a head can put
+        weight on "nothing". In fp32; the query heads that share a key head are stacked as rows of one matrix
+        product, so keys are never repeated."""
+        (B, H, T, D), dtype = q.shape, q.dtype
+        G, r = self.n_kv, self.n_heads // self.n_kv
+        q, k, v = q.float(), k.float(), v.float()
+        scores = (q.reshape(B, G, r * T, D) @ k.transpose(-1, -2)).view(B, G, r, T, -1) * self.scale
+        if mask is not None:  # [B, 1, T, S] -> [B, 1, 1, T, S]
+            scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        sink = self.sinks.float().view(1, G, r, 1, 1).expand(B, G, r, T, 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+        out = probs.reshape(B, G, r * T, -1) @ v
+        return out.view(B, H, T, D).to(dtype)

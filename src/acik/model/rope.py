@@ -80,22 +80,22 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] -> cos, sin [B, T, rot_dim], computed in fp32 then cast."""
+        """positions [B, T] -> cos, sin [B, 1, T, rot_dim] (1: broadcast over heads), computed in fp32 then
+        cast. `sin` has its first half negated: see apply_rope."""
         freqs = positions[..., None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.attention_factor).to(dtype), (emb.sin() * self.attention_factor).to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+        cos, sin = freqs.cos() * self.attention_factor, freqs.sin() * self.attention_factor
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, D]; cos/sin [B, T, R] with R <= D (partial rotary rotates the first R dims)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    """x [B, H, T, D]; cos, sin [B, 1, T, R] from RotaryEmbedding, R <= D (partial rotary rotates the first R dims).
+
+    HF's rotate-half form is x * cos + cat(-x2, x1) * sin. With the sign folded into sin's first half, the
+    rotated copy is a plain roll by half, and the whole rotation is three operators (it runs twice per layer
+    per decode step, so operator count is most of its cost)."""
     rot = cos.shape[-1]
     if rot == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return torch.addcmul(x * cos, x.roll(rot // 2, -1), sin)
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+    return torch.cat((torch.addcmul(x_rot * cos, x_rot.roll(rot // 2, -1), sin), x_pass), dim=-1)

@@ -40,16 +40,16 @@ class Block(nn.Module):
             if not config.parallel_residual or config.parallel_two_norms:
                 self.post_attention_layernorm = make_norm(config)
 
-    def forward(self, x: torch.Tensor, cos, sin, positions, cache=None, segment_ids=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos, sin, positions, cache=None, segment_ids=None, masks=None) -> torch.Tensor:
         c = self.config
         if c.norm_placement == "post":
-            x = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, positions, cache, segment_ids))
+            x = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, positions, cache, segment_ids, masks))
             return x + self.post_feedforward_layernorm(self.mlp(x))
         h = self.input_layernorm(x)
         if c.parallel_residual:  # Falcon: attention and MLP read the same input, summed
             mlp_in = self.post_attention_layernorm(x) if c.parallel_two_norms else h
-            return x + self.self_attn(h, cos, sin, positions, cache, segment_ids) + self.mlp(mlp_in)
-        x = x + self.self_attn(h, cos, sin, positions, cache, segment_ids)
+            return x + self.self_attn(h, cos, sin, positions, cache, segment_ids, masks) + self.mlp(mlp_in)
+        x = x + self.self_attn(h, cos, sin, positions, cache, segment_ids, masks)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -88,8 +88,9 @@ class Transformer(nn.Module):
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, x.dtype)
+        masks: dict = {}  # attention pattern -> mask, built once per forward pass by its first layer
         for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, cache, segment_ids)
+            x = layer(x, cos, sin, positions, cache, segment_ids, masks)
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
