@@ -72,7 +72,9 @@ def gpt2_run(train: np.ndarray, steps: int, budget: float | None, seed: int = 13
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     step = 0
+    step_times = []
     while step < steps and (budget is None or time.perf_counter() - t0 < budget):
+        t_step = time.perf_counter()
         offs = torch.randint(0, len(train) - 65, (12,), generator=g).tolist()
         rows = torch.from_numpy(np.stack([train[o:o + 65].astype(np.int64) for o in offs]))
         for group in opt.param_groups:
@@ -84,10 +86,11 @@ def gpt2_run(train: np.ndarray, steps: int, budget: float | None, seed: int = 13
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-    return model.eval(), step, time.perf_counter() - t0
+        step_times.append(time.perf_counter() - t_step)
+    return model.eval(), step, time.perf_counter() - t0, step_times
 
 
-def acik_run(steps: int, run_dir: Path):
+def acik_run(steps: int, run_dir: Path, log_every: int = 50):
     import acik
     from acik.recipe import load_recipe
     from acik.train.loop import TrainSettings
@@ -95,7 +98,7 @@ def acik_run(steps: int, run_dir: Path):
 
     s = load_recipe(TrainSettings, REPO / "recipes" / "tinyshakespeare.yaml", data=str(TEXT), max_steps=steps,
                     progress=False)
-    s.checkpoint_every, s.eval_every, s.log_every = 0, 0, 50
+    s.checkpoint_every, s.eval_every, s.log_every = 0, 0, log_every
     t0 = time.perf_counter()
     result = pretrain(s, run_dir, command=["benchmarks/train.py"])
     return acik.load(run_dir / "model").model.eval(), result.step, time.perf_counter() - t0, s
@@ -109,19 +112,23 @@ def bench_a(budget: float) -> list[tuple]:
     with tempfile.TemporaryDirectory() as tmp:
         # Calibrate: steps each side can do in the budget. acik's fixed costs (data loading, export,
         # report) come out of its budget; its step time comes from its own metrics log.
-        _, n, secs, s = acik_run(60, Path(tmp) / "cal")
+        # Per-step times are medians over short windows, so a burst of load during calibration does not
+        # shrink the step count (the runs would then finish far inside the budget).
+        _, n, secs, s = acik_run(100, Path(tmp) / "cal", log_every=5)
         import json
 
         log = [json.loads(line) for line in (Path(tmp) / "cal" / "metrics.jsonl").read_text().splitlines()]
-        walls = {r["step"]: r["wall_s"] for r in log if r["kind"] == "train"}
-        step_s = (walls[60] - walls[1]) / 59
-        acik_steps = int((budget - (secs - 60 * step_s)) / step_s * 0.97)
-        _, n, secs = gpt2_run(data.train, 60, None)
-        gpt_steps = int(60 * budget / secs * 0.97)
-        print(f"calibrated: acik {acik_steps} steps, GPT-2 {gpt_steps} steps in {budget:.0f} s", file=sys.stderr)
+        walls = sorted((r["step"], r["wall_s"]) for r in log if r["kind"] == "train" and r["step"] >= 5)
+        step_s = statistics.median((w1 - w0) / (s1 - s0) for (s0, w0), (s1, w1) in zip(walls, walls[1:]))
+        fixed = max(secs - walls[-1][1], 0.0)  # data loading, export, report
+        acik_steps = int((budget - fixed) / step_s * 0.97)
+        gpt_step_s = statistics.median(gpt2_run(data.train, 100, None)[3][5:])
+        gpt_steps = int(budget / gpt_step_s * 0.97)
+        print(f"calibrated: acik {acik_steps} steps ({step_s * 1e3:.0f} ms/step), GPT-2 {gpt_steps} steps "
+              f"({gpt_step_s * 1e3:.0f} ms/step) in {budget:.0f} s", file=sys.stderr)
         model, done, secs_a, s = acik_run(acik_steps, Path(tmp) / "run")
         loss_a = val_loss(lambda t: model(t), x, y)
-        gpt, done_g, secs_g = gpt2_run(data.train, gpt_steps, budget)
+        gpt, done_g, secs_g, _ = gpt2_run(data.train, gpt_steps, budget)
         loss_g = val_loss(lambda t: gpt(t).logits, x, y)
     return [("acik (recipes/tinyshakespeare.yaml)", done, f"{secs_a:.0f}", s.batch_size, s.seq_len, f"{loss_a:.3f}"),
             ("transformers GPT2LMHeadModel, nanoGPT CPU settings", done_g, f"{secs_g:.0f}", 12, 64, f"{loss_g:.3f}"),
