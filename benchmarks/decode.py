@@ -6,6 +6,9 @@ bf16; the bare-matmul rate (the model's weight matrices applied to one token's a
 the most PyTorch's kernels allow); the read bandwidth (summing a 512 MB tensor) and the tokens/s it
 implies when every weight is read once per token; and aggregate tokens/s with 8 concurrent requests.
 
+The contenders are timed in turn within each repeat (acik, transformers, the bare loop, acik again, ...),
+so that a machine whose speed drifts over minutes (a shared one) moves all of them alike.
+
     python benchmarks/decode.py [--threads 2] [--new 64] [--repeats 5] [--stat median|min] [--compile]
 
 `--compile` adds a row per dtype for `Engine(compile=True)`, with the seconds its first calls spent compiling.
@@ -17,10 +20,10 @@ import argparse
 import statistics
 import threading
 import time
+from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from timing import run_times
 
 from acik.config import preset
 from acik.engine import Engine, Request
@@ -31,28 +34,30 @@ from acik.model.transformer import Transformer
 STAT = statistics.median  # --stat min: the best run, a steadier estimate on a shared machine
 
 
-def median_time(fn, repeats: int) -> float:
-    return STAT(run_times(fn, repeats))
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def read_bandwidth(repeats: int) -> float:
     x = torch.ones(128 * 1024 * 1024, dtype=torch.float32)  # 512 MB
-    t = median_time(lambda: x.sum(), repeats)
-    return x.numel() * 4 / t
+    x.sum()
+    return x.numel() * 4 / STAT([seconds(x.sum) for _ in range(repeats)])
 
 
-def bare_matmul_rate(model: Transformer, repeats: int) -> float:
-    """Tokens/s if a decode step were nothing but the model's matrix-vector products."""
+def bare_steps(model: Transformer, n: int):
+    """n decode steps that are nothing but the model's matrix-vector products."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     x = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
 
-    def step():
-        for w in weights:
-            F.linear(x[w.shape[1]], w)
+    def run():
+        with torch.inference_mode():
+            for _ in range(n):
+                for w in weights:
+                    F.linear(x[w.shape[1]], w)
 
-    n = 10
-    with torch.inference_mode():
-        return n / median_time(lambda: [step() for _ in range(n)], repeats)
+    return run
 
 
 def in_thread(fn):
@@ -71,9 +76,9 @@ def warm_kernels(model: Transformer, args) -> None:
     get stuck running 5-20x slower than normal: its two threads spin-wait for each other at every
     parallel region and are rarely scheduled together, so each region waits out a scheduler tick (bf16
     matmuls show it most; single-threaded fp32 matrix-vector products do not). Which thread it hits varies;
-    the first thread to run parallel work was hit most often. Each measurement therefore runs in a fresh
-    thread (the engine's loop has its own), after this throwaway one. On a quiet machine none of this
-    matters; OMP_WAIT_POLICY=passive (set before starting Python) also avoids it."""
+    the first thread to run parallel work was hit most often. The measurements therefore run in a fresh
+    thread (the engine's loop has its own), after this throwaway one. OMP_WAIT_POLICY=passive (set before
+    starting Python) also avoids it."""
     def run():
         with torch.inference_mode():
             for b in range(1, args.concurrent + 1):
@@ -94,12 +99,7 @@ def hf_model(model: Transformer, cfg, dtype: torch.dtype, device: str | torch.de
     return ref.to(device=device, dtype=dtype)
 
 
-def engine_rates(model: Transformer, cfg, prompt: list[int], args, compile: bool) -> tuple[float, float, float]:
-    """Batch-1 decode tok/s, aggregate tok/s with `args.concurrent` requests, and the seconds spent compiling
-    (0 in eager mode: the first calls of a compiled engine compile its batch-1 and batch-N graphs)."""
-    engine = Engine(LLM(model, cfg), max_batch_size=args.concurrent, max_seq_len=args.prompt + args.new + 8,
-                    compile=compile)
-
+def engine_runner(engine: Engine, prompt: list[int]):
     def run(n: int, copies: int = 1) -> None:
         handles = [engine.submit(Request(prompt_ids=prompt, max_new_tokens=n, temperature=0, ignore_eos=True))
                    for _ in range(copies)]
@@ -107,23 +107,7 @@ def engine_rates(model: Transformer, cfg, prompt: list[int], args, compile: bool
             for _ in h:
                 pass
 
-    t0 = time.perf_counter()
-    run(2)
-    run(2, args.concurrent)
-    first_calls = time.perf_counter() - t0
-    # Decode rate: (time for n tokens - time for 1 token) / (n - 1), so prefill does not count.
-    t_first = median_time(lambda: run(1), args.repeats)
-    ours = (args.new - 1) / (median_time(lambda: run(args.new), args.repeats) - t_first)
-    concurrent = args.concurrent * args.new / median_time(lambda: run(args.new, args.concurrent),
-                                                          max(1, args.repeats // 2))
-    compile_s = 0.0
-    if compile:  # what the first calls took beyond the same calls once compiled
-        t0 = time.perf_counter()
-        run(2)
-        run(2, args.concurrent)
-        compile_s = first_calls - (time.perf_counter() - t0)
-    engine.close()
-    return ours, concurrent, compile_s
+    return run
 
 
 def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: float) -> list[tuple]:
@@ -134,23 +118,53 @@ def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: floa
     warm_kernels(model, args)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     roofline = bw / weight_bytes
-    bare = in_thread(lambda: bare_matmul_rate(model, args.repeats))
-    runs = [(name, *engine_rates(model, cfg, prompt, args, compile=False))]
-    if args.compile:
-        runs.append((f"{name}, compiled", *engine_rates(model, cfg, prompt, args, compile=True)))
-    theirs = float("nan")
-    if not args.no_hf:
-        ref = hf_model(model, cfg, dtype)
-        ids = torch.tensor([prompt])
+    labels = [name] + ([f"{name}, compiled"] if args.compile else [])
+    engines = {label: Engine(LLM(model, cfg), max_batch_size=args.concurrent,
+                             max_seq_len=args.prompt + args.new + 8, compile=label.endswith("compiled"))
+               for label in labels}
+    runs = {label: engine_runner(engine, prompt) for label, engine in engines.items()}
+    # First calls: a compiled engine compiles its batch-1 and batch-N graphs here.
+    def first_calls(run) -> float:
+        return seconds(lambda: (run(2), run(2, args.concurrent)))
 
-        def hf(n: int) -> None:
-            with torch.no_grad():
-                ref.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    first = {label: first_calls(run) for label, run in runs.items()}
+    compile_s = {label: first[label] - first_calls(run) if label.endswith("compiled") else 0.0
+                 for label, run in runs.items()}
 
-        theirs = in_thread(lambda: (args.new - 1) / (median_time(lambda: hf(args.new), args.repeats)
-                                                     - median_time(lambda: hf(1), args.repeats)))
-    return [(label, ours, theirs, bare, roofline, concurrent, compile_s)
-            for label, ours, concurrent, compile_s in runs]
+    # Each contender's time for `args.new` tokens and for 1, per repeat, in turn.
+    t: dict = defaultdict(list)
+    bare10 = bare_steps(model, 10)
+    ids = torch.tensor([prompt])
+    ref = None if args.no_hf else hf_model(model, cfg, dtype)
+
+    def hf(n: int) -> None:
+        with torch.no_grad():
+            ref.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+    bare10()
+    if ref is not None:
+        hf(2)
+    for _ in range(args.repeats):
+        for label, run in runs.items():
+            t[label, 1].append(seconds(lambda run=run: run(1)))
+            t[label, args.new].append(seconds(lambda run=run: run(args.new)))
+            t[label, "concurrent"].append(seconds(lambda run=run: run(args.new, args.concurrent)))
+        if ref is not None:
+            t["hf", 1].append(seconds(lambda: hf(1)))
+            t["hf", args.new].append(seconds(lambda: hf(args.new)))
+        t["bare", 10].append(seconds(bare10))
+    for engine in engines.values():
+        engine.close()
+
+    def rate(who: str) -> float:  # (time for n tokens - time for 1 token) / (n - 1): prefill does not count
+        if (who, 1) not in t:
+            return float("nan")
+        return (args.new - 1) / (STAT(t[who, args.new]) - STAT(t[who, 1]))
+
+    bare = 10 / STAT(t["bare", 10])
+    theirs = rate("hf")
+    return [(label, rate(label), theirs, bare, roofline, args.concurrent * args.new / STAT(t[label, "concurrent"]),
+             compile_s[label]) for label in labels]
 
 
 def main() -> None:

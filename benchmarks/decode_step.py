@@ -1,8 +1,9 @@
 """One decode step of acik's model (with the engine's KV cache) against the bare matmul loop, at batch 1
 and 8, fp32 and bf16: the least noisy view of "how close to the kernels" on a shared machine.
 
-Best of 8 steps; all work runs in a thread whose kernels were created by an earlier, throwaway thread
-(see benchmarks/decode.py, warm_kernels). `--compile` adds the step compiled with torch.compile (as
+The bare loop and the step alternate, 12 times each; the table gives the best times and the ratios of
+both the best and the median times. All work runs in a thread that follows a throwaway thread (see
+benchmarks/decode.py, warm_kernels). `--compile` adds the step compiled with torch.compile (as
 `Engine(compile=True)` does), and the seconds its first call took to compile.
 
     PYTHONPATH=src python benchmarks/decode_step.py [threads] [--compile]
@@ -11,20 +12,29 @@ Best of 8 steps; all work runs in a thread whose kernels were created by an earl
 from __future__ import annotations
 
 import argparse
+import statistics
 import threading
 import time
 
 import torch
 import torch.nn.functional as F
-from timing import run_times
 
 from acik.config import preset
 from acik.engine.cache import KVCache
 from acik.model.transformer import Transformer
 
 
-def best_time(fn, n: int = 8) -> float:
-    return min(run_times(fn, n))
+def alternate(fns: list, n: int = 12) -> list[list[float]]:
+    """Seconds of n calls of each of `fns`, in turn (after one untimed call of each)."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(n):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return times
 
 
 def job(cfg, base: Transformer, dtype: torch.dtype, compile: bool, out: dict) -> None:
@@ -51,13 +61,14 @@ def job(cfg, base: Transformer, dtype: torch.dtype, compile: bool, out: dict) ->
                 cache.select(0, batch, pos)
                 fn(ids, pos)
 
-            row = [best_time(bare), best_time(step)]
+            fns = [bare, step]
+            compile_s = 0.0
             if compiled is not None:
                 t0 = time.perf_counter()
                 step(compiled)  # compiles (or reuses what an earlier pass compiled)
                 compile_s = time.perf_counter() - t0
-                row += [best_time(lambda: step(compiled)), compile_s]
-            out[(dtype, batch)] = row
+                fns.append(lambda: step(compiled))
+            out[(dtype, batch)] = (alternate(fns), compile_s)
 
 
 def main() -> None:
@@ -77,22 +88,23 @@ def main() -> None:
             t = threading.Thread(target=job, args=(cfg, base, dtype, args.compile, target))
             t.start()
             t.join()
-            if target is not out and args.compile:
-                compile_s.update({k: v[3] for k, v in target.items()})
-    head = f"| dtype | batch | bare-matmul ms | acik step ms | acik / bare | acik tok/s ({args.threads} threads) |"
+            if target is not out:
+                compile_s.update({k: v[1] for k, v in target.items()})
+    head = (f"| dtype | batch | bare-matmul ms | acik step ms | acik / bare (best) | acik / bare (median) "
+            f"| acik tok/s ({args.threads} threads) |")
     if args.compile:
-        head += " compiled step ms | compiled / bare | compiled tok/s | compile s (first call) |"
+        head += " compiled step ms | compiled / bare (best) | compiled / bare (median) | compile s (first call) |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
-    for (dtype, batch), row in out.items():
-        bare, step = row[:2]
-        line = (f"| {str(dtype).removeprefix('torch.')} | {batch} | {bare * 1e3:.1f} | {step * 1e3:.1f} | "
-                f"{bare / step:.0%} | {batch / step:.1f} |")
+    for (dtype, batch), (times, _) in out.items():
+        best = [min(ts) for ts in times]
+        med = [statistics.median(ts) for ts in times]
+        line = (f"| {str(dtype).removeprefix('torch.')} | {batch} | {best[0] * 1e3:.1f} | {best[1] * 1e3:.1f} | "
+                f"{best[0] / best[1]:.0%} | {med[0] / med[1]:.0%} | {batch / best[1]:.1f} |")
         if args.compile:
-            comp = row[2]
-            line += f" {comp * 1e3:.1f} | {bare / comp:.0%} | {batch / comp:.1f} | {compile_s[(dtype, batch)]:.0f} |"
+            line += (f" {best[2] * 1e3:.1f} | {best[0] / best[2]:.0%} | {med[0] / med[2]:.0%} | "
+                     f"{compile_s[(dtype, batch)]:.0f} |")
         print(line)
-
 
 if __name__ == "__main__":
     main()
