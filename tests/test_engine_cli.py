@@ -173,3 +173,23 @@ def test_chat_shows_gpt_oss_reasoning_apart(tmp_path):
     assert "[thinking] Let me think." in text and "[answer] Hi!" in text
     saved = json.loads((tmp_path / "c.json").read_text())["messages"]
     assert saved[-1] == {"role": "assistant", "content": "Hi!", "thinking": "Let me think."}
+
+
+def test_chat_loop_applies_a_policy(model_dir, tmp_path):
+    import acik
+    from acik.serve.policy import Policy
+
+    path = tmp_path / "policy.yaml"
+    # Input: one blocked word. Output: any character is blocked, so every reply is stopped at once.
+    path.write_text('input:\n  blocked: ["forbidden"]\n  refusal: "Not here."\noutput:\n  blocked: ["[\\\\s\\\\S]"]\n')
+    llm = acik.load(model_dir)
+    save = tmp_path / "chat.json"
+    script = f"a forbidden question\n\nHi\n\n/save {save}\n"
+    out = io.StringIO()
+    chat_loop(llm, dict(max_new_tokens=6, temperature=0), inp=io.StringIO(script), out=out,
+              policy=Policy.load(path))
+    text = out.getvalue()
+    assert "Not here." in text and text.count("tokens/s") == 1  # the refused message never reached the model
+    assert "(stopped by the policy)" in text
+    saved = json.loads(save.read_text())["messages"]
+    assert [m["content"] for m in saved] == ["Hi", ""]  # history keeps what was shown

@@ -201,6 +201,7 @@ class GenerateRecipe:
     max_seq_len: int | None = None
     compile: bool = False
     system: str | None = None
+    policy: str | None = None  # guardrails YAML (acik.serve.policy), for `acik chat`
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -289,8 +290,9 @@ def _read_message(inp, out) -> str | None:
         out.flush()
 
 
-def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None, out=None) -> None:
-    """The interactive chat of `acik chat` (reads `inp`, writes `out`)."""
+def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None, out=None, policy=None) -> None:
+    """The interactive chat of `acik chat` (reads `inp`, writes `out`). `policy` (an
+    `acik.serve.policy.Policy`) refuses blocked input and filters the streamed reply, as `acik serve` does."""
     from acik.harmony import HarmonyError, HarmonyStream
 
     inp, out = inp or sys.stdin, out or sys.stdout
@@ -328,13 +330,18 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
             else:
                 out.write(f"unknown command {cmd}; /help lists them\n")
             continue
+        refusal = policy.check_input([text]) if policy is not None else None
+        if refusal is not None:  # not added to the conversation: the model never sees it
+            out.write(f"{refusal}\n")
+            continue
+        filt = policy.output_filter() if policy is not None else None
         messages.append({"role": "user", "content": text})
         ids = chat_prompt_ids(llm, messages)
         req = _request(ids, {**sampling, **({"skip_special_tokens": False} if harmony else {})})
         t0 = time.perf_counter()
         first = None
         handle = get_engine(llm).submit(req)
-        reply = ""
+        reply = visible = ""
         parser = HarmonyStream() if harmony else None
         shown = None
         try:
@@ -349,16 +356,29 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
                             if kind != shown:
                                 out.write("\n[thinking] " if kind == "thinking" else "\n[answer] ")
                                 shown = kind
-                            out.write(delta)
+                            out.write(filt.feed(delta) if filt else delta)
                         out.flush()
                         continue
                     except HarmonyError:  # malformed harmony: show the raw text from here on
                         parser = None
-                out.write(ev.text)
+                piece = filt.feed(ev.text) if filt else ev.text
+                visible += piece
+                out.write(piece)
                 out.flush()
+                if filt and filt.blocked:
+                    handle.cancel()
+                    break
         except KeyboardInterrupt:
             handle.cancel()
             out.write("\n(interrupted)")
+        if filt:
+            rest = filt.finish()
+            visible += rest
+            out.write(rest)
+            if filt.blocked:
+                out.write("\n(stopped by the policy)")
+            if not harmony:  # the conversation keeps what the user saw
+                reply = visible
         dt = time.perf_counter() - (first or t0)
         n = handle.completion_tokens
         rate = (n - 1) / dt if n > 1 and dt > 0 else 0.0
@@ -374,7 +394,9 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     r = _recipe(args)
     llm = _load(args.model, r)
     try:
-        chat_loop(llm, _sampling(r), system=r.system)
+        from acik.serve.policy import Policy
+
+        chat_loop(llm, _sampling(r), system=r.system, policy=Policy.load(r.policy) if r.policy else None)
     finally:
         get_engine(llm).close()
     return 0
@@ -397,6 +419,7 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("chat", help="chat with a model in the terminal")
     p.add_argument("model", help="model directory, or a repo id pulled with `acik pull`")
     p.add_argument("--system", help="system prompt")
+    p.add_argument("--policy", help="guardrails YAML, the same file `acik serve --policy` takes (docs/serve.md)")
     _add_sampling_flags(p)
     p.set_defaults(func=_cmd_chat)
 
