@@ -357,15 +357,14 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
                                 out.write("\n[thinking] " if kind == "thinking" else "\n[answer] ")
                                 shown = kind
                             out.write(filt.feed(delta) if filt else delta)
-                        out.flush()
-                        continue
                     except HarmonyError:  # malformed harmony: show the raw text from here on
                         parser = None
-                piece = filt.feed(ev.text) if filt else ev.text
-                visible += piece
-                out.write(piece)
+                if parser is None:
+                    piece = filt.feed(ev.text) if filt else ev.text
+                    visible += piece
+                    out.write(piece)
                 out.flush()
-                if filt and filt.blocked:
+                if filt and filt.blocked:  # a blocked pattern ends the reply, in either path
                     handle.cancel()
                     break
         except KeyboardInterrupt:
