@@ -14,3 +14,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared test data not found at {SHARED_DATA} (set ACIK_SHARED_DATA to its location)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine two threads wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

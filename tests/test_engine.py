@@ -22,13 +22,7 @@ FAMILIES = list(CASES)
 PROMPT_LEN, NEW = 20, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine two threads wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def prompt(n: int = PROMPT_LEN, seed: int = 3, vocab: int = 97) -> list[int]:

@@ -31,12 +31,7 @@ MICRO = dict(model="tiny", model_config={"hidden_size": 32, "intermediate_size":
              checkpoint_every=2, keep_checkpoints=2, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture
