@@ -3,7 +3,8 @@
 One run, same weights, same threads: a 124M-parameter Llama-architecture model (12 layers, hidden 768,
 12 heads, 4 kv heads, vocab 32000, intermediate 2048, random weights), batch-1 greedy decode in fp32 and
 bf16; the bare-matmul rate (the model's weight matrices applied to one token's activations in a loop:
-the most PyTorch's kernels allow); the read bandwidth (summing a 512 MB tensor) and the tokens/s it
+the most PyTorch's kernels allow), with `F.linear` and with the same matrices prepacked for oneDNN (the
+kernel an optimized acik model uses); the read bandwidth (summing a 512 MB tensor) and the tokens/s it
 implies when every weight is read once per token; and aggregate tokens/s with 8 concurrent requests.
 
 The contenders are timed in turn within each repeat (acik, transformers, the bare loop, acik again, ...),
@@ -11,7 +12,10 @@ so that a machine whose speed drifts over minutes (a shared one) moves all of th
 
     python benchmarks/decode.py [--threads 2] [--new 64] [--repeats 5] [--stat median|min] [--compile]
 
-`--compile` adds a row per dtype for `Engine(compile=True)`, with the seconds its first calls spent compiling.
+acik runs as loaded (`LLM.load(dir)`) and optimized for inference (`LLM.load(dir, optimize=True)`, what
+`acik generate/chat/serve` do: fused projections, prepacked weights). `--compile` adds a row per dtype for
+`Engine(compile=True)` on a model optimized with pack=False (what `--compile` does), with the seconds its
+first calls spent compiling.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from acik.config import preset
 from acik.engine import Engine, Request
 from acik.hf import config_to_hf
 from acik.llm import LLM
+from acik.model.inference import PackedLinear, can_pack
 from acik.model.transformer import Transformer
 
 STAT = statistics.median  # --stat min: the best run, a steadier estimate on a shared machine
@@ -46,16 +51,20 @@ def read_bandwidth(repeats: int) -> float:
     return x.numel() * 4 / STAT([seconds(x.sum) for _ in range(repeats)])
 
 
-def bare_steps(model: Transformer, n: int):
-    """n decode steps that are nothing but the model's matrix-vector products."""
+def bare_steps(model: Transformer, n: int, packed: bool = False):
+    """n decode steps that are nothing but the model's matrix-vector products (`packed`: the same matrices
+    in oneDNN's layout, as acik.model.inference.PackedLinear holds them)."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     x = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+    layers = [PackedLinear(m) if packed else m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not packed:
+        layers = [lambda x, w=w: F.linear(x, w) for w in weights]
 
     def run():
         with torch.inference_mode():
             for _ in range(n):
-                for w in weights:
-                    F.linear(x[w.shape[1]], w)
+                for w, layer in zip(weights, layers):
+                    layer(x[w.shape[1]])
 
     return run
 
@@ -110,17 +119,30 @@ def engine_runner(engine: Engine, prompt: list[int]):
     return run
 
 
-def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: float) -> list[tuple]:
-    dtype = getattr(torch, name)
+def copy_of(base: Transformer, cfg, dtype: torch.dtype) -> Transformer:
     model = Transformer(cfg).to(dtype)
     model.load_state_dict(base.state_dict())
-    model.eval()
+    return model.eval()
+
+
+def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: float) -> list[tuple]:
+    dtype = getattr(torch, name)
+    model = copy_of(base, cfg, dtype)
     warm_kernels(model, args)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     roofline = bw / weight_bytes
-    labels = [name] + ([f"{name}, compiled"] if args.compile else [])
-    engines = {label: Engine(LLM(model, cfg), max_batch_size=args.concurrent,
-                             max_seq_len=args.prompt + args.new + 8, compile=label.endswith("compiled"))
+    labels = [name, f"{name}, optimized"] + ([f"{name}, compiled"] if args.compile else [])
+
+    def llm(label: str) -> LLM:
+        if label == name:
+            return LLM(model, cfg)
+        out = LLM(copy_of(base, cfg, dtype), cfg)
+        out.optimize(pack=not label.endswith("compiled"))
+        warm_kernels(out.model, args)
+        return out
+
+    engines = {label: Engine(llm(label), max_batch_size=args.concurrent, max_seq_len=args.prompt + args.new + 8,
+                             compile=label.endswith("compiled"))
                for label in labels}
     runs = {label: engine_runner(engine, prompt) for label, engine in engines.items()}
     # First calls: a compiled engine compiles its batch-1 and batch-N graphs here.
@@ -134,6 +156,7 @@ def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: floa
     # Each contender's time for `args.new` tokens and for 1, per repeat, in turn.
     t: dict = defaultdict(list)
     bare10 = bare_steps(model, 10)
+    packed10 = bare_steps(model, 10, packed=True) if can_pack(model.lm_head) else None
     ids = torch.tensor([prompt])
     ref = None if args.no_hf else hf_model(model, cfg, dtype)
 
@@ -153,6 +176,8 @@ def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: floa
             t["hf", 1].append(seconds(lambda: hf(1)))
             t["hf", args.new].append(seconds(lambda: hf(args.new)))
         t["bare", 10].append(seconds(bare10))
+        if packed10 is not None:
+            t["packed", 10].append(seconds(packed10))
     for engine in engines.values():
         engine.close()
 
@@ -162,9 +187,10 @@ def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: floa
         return (args.new - 1) / (STAT(t[who, args.new]) - STAT(t[who, 1]))
 
     bare = 10 / STAT(t["bare", 10])
+    packed = 10 / STAT(t["packed", 10]) if packed10 is not None else float("nan")
     theirs = rate("hf")
-    return [(label, rate(label), theirs, bare, roofline, args.concurrent * args.new / STAT(t[label, "concurrent"]),
-             compile_s[label]) for label in labels]
+    return [(label, rate(label), theirs, bare, packed, roofline,
+             args.concurrent * args.new / STAT(t[label, "concurrent"]), compile_s[label]) for label in labels]
 
 
 def main() -> None:
@@ -194,13 +220,14 @@ def main() -> None:
     print(f"read bandwidth (sum of 512 MB fp32): {bw / 1e9:.1f} GB/s")
     rows = [row for name in args.dtypes.split(",") for row in measure(name, base, cfg, prompt, args, bw)]
     print()
-    print(f"| dtype | acik tok/s | transformers tok/s | acik / transformers | bare-matmul tok/s | acik / bare "
-          f"| transformers / bare | roofline tok/s | {args.concurrent} concurrent: aggregate tok/s (× single) "
-          f"| compile s |")
+    print(f"| acik | tok/s | transformers tok/s | acik / transformers | bare-matmul tok/s (F.linear / prepacked) "
+          f"| acik / bare (F.linear / prepacked) | transformers / bare (F.linear) | roofline tok/s "
+          f"| {args.concurrent} concurrent: aggregate tok/s (× single) | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, ours, theirs, bare, roofline, conc, compile_s in rows:
-        print(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}× | {bare:.1f} | {ours / bare:.0%} "
-              f"| {theirs / bare:.0%} | {roofline:.1f} | {conc:.1f} ({conc / ours:.1f}×) | {compile_s:.0f} |")
+    for name, ours, theirs, bare, packed, roofline, conc, compile_s in rows:
+        print(f"| {name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}× | {bare:.1f} / {packed:.1f} "
+              f"| {ours / bare:.0%} / {ours / packed:.0%} | {theirs / bare:.0%} | {roofline:.1f} "
+              f"| {conc:.1f} ({conc / ours:.1f}×) | {compile_s:.0f} |")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ Every quantized model is quantized from the checkpoint's own (fp32) weights; wha
 Speed: the 124M-parameter random Llama of benchmarks/decode.py (12 layers, hidden 768, 12 heads,
 4 kv heads, vocab 32000, intermediate 2048): batch-1 greedy decode tokens/s through acik's engine,
 1 / the median gap between consecutive tokens over --repeats rounds (all models built first, then
-measured round-robin so load changes hit every row alike), and the model's bytes in memory,
+measured round-robin so load changes hit every row alike), and the model's bytes in memory. acik's
+rows run optimized for inference as `acik generate/chat/serve` run them (`LLM.optimize`: fused
+projections, prepacked bf16/fp32 weights, one-kernel RMSNorm); one bf16 row runs as loaded.
 for acik fp32/bf16, `transformers` fp32/bf16 `generate`, and every method (defaults first: they are
 the headline rows), then the non-default head choices.
 
@@ -213,12 +215,16 @@ def rate_from_gaps(stamps: list[list[float]]) -> float:
     return 1.0 / statistics.median(gaps)
 
 
-def acik_runner(model: torch.nn.Module, cfg, prompt: list[int], args):
+def acik_runner(model: torch.nn.Module, cfg, prompt: list[int], args, optimize: bool = True):
     """-> (run, close): `run()` decodes once through acik's engine and returns the time stamps
-    (submit, then one per token)."""
+    (submit, then one per token). `optimize`: as `acik generate/chat/serve` run it (fused projections,
+    prepacked weights: LLM.optimize)."""
     from acik.engine import Engine, Request
 
-    engine = Engine(LLM(model, cfg), max_batch_size=1, max_seq_len=len(prompt) + args.new + 8)
+    llm = LLM(model, cfg)
+    if optimize:
+        llm.optimize()
+    engine = Engine(llm, max_batch_size=1, max_seq_len=len(prompt) + args.new + 8)
 
     def run() -> list[float]:
         t = [time.perf_counter()]
@@ -278,6 +284,9 @@ def speed(args) -> list[tuple]:
     for dtype in (torch.float32, torch.bfloat16):
         m = copy.deepcopy(base).to(dtype)
         entries.append((f"acik {str(dtype)[6:]}", acik_runner(m, cfg, prompt, args), model_bytes(m), ""))
+    m = copy.deepcopy(base).to(torch.bfloat16)
+    entries.append(("acik bfloat16, not optimized", acik_runner(m, cfg, prompt, args, optimize=False), model_bytes(m),
+                    "as `LLM.load(dir)` gives it"))
     if not args.no_hf:
         for dtype in (torch.float32, torch.bfloat16):
             entries.append((f"transformers {str(dtype)[6:]}", hf_runner(base, cfg, dtype, prompt, args),

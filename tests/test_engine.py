@@ -48,10 +48,11 @@ def test_greedy_matches_transformers_generate(name, tmp_path):
     top2 = torch.stack(out.logits)[:, 0].float().topk(2).values
     margins = (top2[:, 0] - top2[:, 1]).tolist()
     n = next((i for i, m in enumerate(margins) if m < 1e-4), NEW) + 1
-    llm = acik.load(tmp_path / "hf", dtype="float32")
-    with Engine(llm, max_batch_size=2, prefill_chunk=8) as engine:
-        ours = greedy(engine, ids)
-    assert ours[:n] == expected[:n], f"{name}: first {n} tokens differ"
+    for optimize in (False, True):  # as loaded, and with fused projections and prepacked weights
+        llm = acik.load(tmp_path / "hf", dtype="float32", optimize=optimize)
+        with Engine(llm, max_batch_size=2, prefill_chunk=8) as engine:
+            ours = greedy(engine, ids)
+        assert ours[:n] == expected[:n], f"{name} (optimize={optimize}): first {n} tokens differ"
     assert n >= 8, f"{name}: the reference has a near-tie after {n} tokens; pick another prompt"
 
 

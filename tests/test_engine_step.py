@@ -176,3 +176,51 @@ def test_compiled_engine_matches_eager_without_recompiling():
         got = run(compiled)
     assert got == want
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [{}, dict(q_bias=True, k_bias=True, v_bias=True, mlp_bias=True),
+                                dict(qk_norm="full", rmsnorm_cast="after"), dict(qk_norm="head")])
+def test_optimized_model_matches_the_plain_one(dtype, kw):
+    """acik.model.inference.optimize (fused q/k/v and gate/up, prepacked CPU weights) changes nothing but
+    rounding: a prefill and cached decode steps give the plain model's logits."""
+    from acik.model.inference import PackedLinear, optimize
+
+    plain = model(**kw).to(dtype)
+    fast = model(**kw).to(dtype)
+    done = optimize(fast)
+    assert done["fused"] == 2 * MIXED["num_hidden_layers"]
+    packed = sum(isinstance(m, PackedLinear) for m in fast.modules())
+    assert packed == done["packed"] and (packed == 0 or packed == 4 * MIXED["num_hidden_layers"] + 1)
+    norms = 2 * MIXED["num_hidden_layers"] + 1 + (2 * MIXED["num_hidden_layers"] if kw.get("qk_norm") else 0)
+    assert done["norms"] == norms
+    ids = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(1))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    caches = [KVCache(m.config, num_slots=2, max_seq_len=16, chunk=9, dtype=dtype) for m in (plain, fast)]
+    with torch.no_grad():
+        for t in range(6):
+            step = ids if t == 0 else (ids[:, :1] + t) % 61
+            pos = torch.arange(9).expand(2, 9) if t == 0 else torch.full((2, 1), 8 + t)
+            for c in caches:
+                c.select(0, 2, pos)
+            ref, got = (m(step, positions=pos, cache=c).float() for m, c in zip((plain, fast), caches))
+            torch.testing.assert_close(got, ref, atol=tol * ref.abs().max().item(), rtol=0)
+
+
+def test_optimized_model_refuses_training_uses(tmp_path):
+    from acik.llm import LLM
+    from acik.train.lora import apply_lora
+
+    m = model()
+    llm = LLM(m, m.config)
+    llm.optimize()
+    assert all(not p.requires_grad for p in m.parameters())
+    with pytest.raises(ValueError, match="optimized for inference"):
+        llm.save(tmp_path / "out")
+    with pytest.raises(ValueError, match="optimized for inference"):
+        apply_lora(m, "all-linear")
+    if any(type(x).__name__ == "PackedLinear" for x in m.modules()):
+        from acik.engine import Engine
+
+        with pytest.raises(ValueError, match="pack=False"):
+            Engine(llm, compile=True)

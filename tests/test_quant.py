@@ -253,6 +253,19 @@ IDS = torch.tensor([[1, 5, 9, 200, 17, 3, 250, 42]])
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_optimized_quantized_model_fuses_and_matches(base_dir, method):
+    """LLM.optimize fuses quantized q/k/v and gate/up by concatenating codes and scales: same logits."""
+    plain = acik.load(base_dir, quantize=method, group_size=GROUP[method])
+    fast = acik.load(base_dir, quantize=method, group_size=GROUP[method], optimize=True)
+    attn = fast.model.model.layers[0].self_attn
+    assert type(attn.qkv_proj).__name__ == type(plain.model.model.layers[0].self_attn.q_proj).__name__
+    assert attn.qkv_proj.out_features == 128 + 2 * 64
+    with torch.no_grad():
+        ref, got = plain.model(IDS), fast.model(IDS)
+    torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_save_load_round_trip(base_dir, tmp_path, method):
     llm = acik.load(base_dir, quantize=method)
     with torch.no_grad():

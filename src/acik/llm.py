@@ -26,7 +26,7 @@ class LLM:
     def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
              active_experts: int | None = None, mxfp4: str = "dequantize", quantize: str | None = None,
              group_size: int | None = None, skip: list[str] | None = None,
-             adapter: str | Path | None = None) -> LLM:
+             adapter: str | Path | None = None, optimize: bool = False) -> LLM:
         """`active_experts`: experts each token is routed to (MoE top-k), overriding config.json, so
         one checkpoint serves heavy and light use. `mxfp4`: "dequantize" (expand MXFP4 experts to
         `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
@@ -34,7 +34,8 @@ class LLM:
         (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size` and `skip`
         (default `acik.quant.default_skip(method)`: lm_head for 4-bit methods, nothing for 8-bit); a
         directory written by `acik quantize` loads quantized by itself. `adapter`: a LoRA adapter
-        directory (PEFT format) applied unmerged on top of the (possibly quantized) base."""
+        directory (PEFT format) applied unmerged on top of the (possibly quantized) base. `optimize`:
+        rewrite the model for inference only, faster but no longer trainable or savable (see `optimize`)."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such model directory")
@@ -70,7 +71,20 @@ class LLM:
             load_adapter(model, adapter)
             model.eval()
         has_tokenizer = (path / "tokenizer.json").exists()
-        return cls(model, config, path, path if has_tokenizer else None)
+        llm = cls(model, config, path, path if has_tokenizer else None)
+        if optimize:
+            llm.optimize()
+        return llm
+
+    def optimize(self, pack: bool = True) -> dict[str, int]:
+        """Rewrite the model in place for inference: fuse q/k/v and gate/up projections and, with `pack` on
+        CPU, prepack weights for oneDNN (see `acik.model.inference`). Afterwards the model can no longer be
+        trained, saved or given LoRA adapters. Use `pack=False` with `Engine(compile=True)`."""
+        from acik.model.inference import optimize
+
+        if self._engine is not None:
+            raise RuntimeError("optimize() must run before this LLM's engine is created")
+        return optimize(self.model, pack=pack)
 
     @property
     def device(self) -> torch.device:
@@ -117,8 +131,10 @@ class LLM:
              seed: int | None = None, parents: list[dict] | None = None, extra: dict | None = None,
              generation_config: dict | None = None) -> Path:
         """Write a Hugging Face directory that `transformers` loads, with its acik.json manifest."""
+        from acik.model.inference import refuse_if_optimized
         from acik.quant import is_quantized
 
+        refuse_if_optimized(self.model, "save it")
         save = hf.save_pretrained
         if is_quantized(self.model):
             from acik.quant.formats import save_quantized as save

@@ -200,6 +200,7 @@ class GenerateRecipe:
     dtype: str = "auto"
     max_seq_len: int | None = None
     compile: bool = False
+    optimize: bool = True  # fused projections, prepacked CPU weights (acik.model.inference)
     system: str | None = None
     policy: str | None = None  # guardrails YAML (acik.serve.policy), for `acik chat`
 
@@ -221,6 +222,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, help="context per sequence (default: model's, at most 4096)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the decode step (faster per token after a first reply that compiles)")
+    p.add_argument("--no-optimize", dest="optimize", action="store_false", default=None,
+                   help="keep the model as loaded: no fused projections or prepacked weights (slower on CPU)")
 
 
 def _recipe(args: argparse.Namespace) -> GenerateRecipe:
@@ -240,6 +243,8 @@ def _load(name: str, r: GenerateRecipe):
     import acik
 
     llm = acik.load(resolve_model(name), dtype=r.dtype)
+    if r.optimize:
+        llm.optimize(pack=not r.compile)  # torch.compile cannot trace prepacked weights
     get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len, compile=r.compile)
     return llm
 

@@ -59,6 +59,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, kv_dim, bias=config.k_bias)
         self.v_proj = nn.Linear(hidden, kv_dim, bias=config.v_bias)
         self.o_proj = nn.Linear(q_dim, hidden, bias=config.o_bias)
+        self.qkv_sizes = (q_dim, kv_dim, kv_dim)
+        self.qkv_proj: nn.Module | None = None  # q, k and v in one matmul, set by acik.model.inference.optimize
         if config.qk_norm == "head":
             self.q_norm, self.k_norm = make_norm(config, self.head_dim), make_norm(config, self.head_dim)
         elif config.qk_norm == "full":
@@ -71,7 +73,10 @@ class Attention(nn.Module):
         """`masks`: shared by the layers of one forward pass; the first layer of each attention pattern
         stores its mask there and the others reuse it (every layer of a pattern sees the same keys)."""
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.config.qk_norm == "full":  # OLMo-2: normalise the whole projection
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)

@@ -78,6 +78,28 @@ class QuantLinear(nn.Module):
         """The weight [out, in] these codes stand for, in `dtype`."""
         raise NotImplementedError
 
+    def _empty(self, out_features: int, bias: bool) -> QuantLinear:
+        """A layer of this one's kind and settings with `out_features` outputs, on the meta device."""
+        raise NotImplementedError
+
+    @classmethod
+    def concat(cls, layers: list[nn.Module]) -> QuantLinear | None:
+        """One layer computing `layers`' outputs side by side (acik.model.inference fuses projections so), or
+        None where they differ in kind or settings. Every layout here keeps its codes and scales with
+        out_features first, so fusing is concatenation."""
+        first = layers[0]
+        if any(type(m) is not cls or m.in_features != first.in_features or m.group_size != first.group_size
+               or m.method != first.method for m in layers):
+            return None
+        fused = first._empty(sum(m.out_features for m in layers), any(m.bias is not None for m in layers))
+        for name in first._buffers:
+            setattr(fused, name, torch.cat([m._buffers[name] for m in layers]))
+        if fused.bias is not None:
+            like = next(m.bias for m in layers if m.bias is not None)
+            fused.bias = nn.Parameter(torch.cat([m.bias if m.bias is not None else like.new_zeros(m.out_features)
+                                                 for m in layers]), requires_grad=False)
+        return fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _QuantMatmul.apply(x, self) if torch.is_grad_enabled() and x.requires_grad else self.matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
@@ -122,6 +144,9 @@ class Int8Linear(QuantLinear):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return methods.dequantize_int8(self.weight, self.weight_scale, dtype)
+
+    def _empty(self, out_features: int, bias: bool) -> Int8Linear:
+        return Int8Linear(self.in_features, out_features, bias, self.activations, "meta")
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         flat = _flat(x)
@@ -178,6 +203,9 @@ class Int4Linear(QuantLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return methods.dequantize_int4(self.codes(), self.weight_scale, self.weight_zero, dtype)
 
+    def _empty(self, out_features: int, bias: bool) -> Int4Linear:
+        return Int4Linear(self.in_features, out_features, bias, self.group_size, self.method == "int4-hqq", "meta")
+
     def _kernel_weights(self):
         if self._kernel is None:
             # The kernel computes (code - 8) * scale + offset; ours is (code - zero) * scale.
@@ -230,6 +258,9 @@ class NF4Linear(QuantLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return methods.dequantize_nf4(methods.unpack_nibbles(self.weight_packed), self.weight_absmax, dtype)
 
+    def _empty(self, out_features: int, bias: bool) -> NF4Linear:
+        return NF4Linear(self.in_features, out_features, bias, self.group_size, "meta")
+
 
 class MXFP4Linear(QuantLinear):
     """OCP MXFP4 as gpt-oss stores it: `weight_blocks` uint8 [out, in/32, 16], `weight_scales`
@@ -253,6 +284,9 @@ class MXFP4Linear(QuantLinear):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return methods.dequantize_mxfp4(self.weight_blocks, self.weight_scales, dtype)
+
+    def _empty(self, out_features: int, bias: bool) -> MXFP4Linear:
+        return MXFP4Linear(self.in_features, out_features, bias, "meta")
 
 
 LAYERS = (Int8Linear, Int4Linear, NF4Linear, MXFP4Linear)

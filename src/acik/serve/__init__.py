@@ -45,6 +45,7 @@ class ServeSettings:
     prefill_chunk: int = 512
     device: str = "cpu"
     dtype: str = "auto"
+    optimize: bool = True  # fused projections and prepacked CPU weights (acik.model.inference)
     policy: str | None = None
     cors_origins: list[str] = field(default_factory=list)
 
@@ -81,7 +82,8 @@ def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     if llm is None:
         from acik.engine.generate import resolve_model
 
-        llm = acik.load(resolve_model(settings.model), device=settings.device, dtype=settings.dtype)
+        llm = acik.load(resolve_model(settings.model), device=settings.device, dtype=settings.dtype,
+                        optimize=settings.optimize)
     tokenizer = llm.tokenizer  # fails early, with the fix in the message, if the directory has none
     policy = Policy.load(settings.policy) if settings.policy else Policy()
     engine = Engine(llm, max_batch_size=settings.max_batch_size, max_seq_len=settings.max_seq_len,
@@ -103,6 +105,7 @@ def _cmd_serve(args: Any) -> int:
                            insecure_no_auth=args.insecure_no_auth or None, model_name=args.model_name,
                            max_concurrency=args.max_concurrency, max_batch_size=args.max_batch_size,
                            max_seq_len=args.max_seq_len, device=args.device, dtype=args.dtype, policy=args.policy,
+                           optimize=False if args.no_optimize else None,
                            cors_origins=args.cors_origin)
     check_exposure(settings)
     # The engine thread makes many short torch calls, each releasing and retaking the GIL, while the
@@ -139,6 +142,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--max-seq-len", type=int, help="context length per sequence (default: the model's, <= 4096)")
     p.add_argument("--device", help="cpu, cuda, mps (default cpu)")
     p.add_argument("--dtype", help="auto, float32, bfloat16, float16")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="keep the model as loaded: no fused projections or prepacked weights (slower on CPU)")
     p.add_argument("--policy", help="guardrails policy YAML (see docs/serve.md)")
     p.add_argument("--cors-origin", action="append", help="allow browser requests from this origin (repeatable)")
     p.set_defaults(func=_cmd_serve)

@@ -101,6 +101,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_lora(model: nn.Module, targets: str | list[str], r: int = 8, alpha: float = 16, dropout: float = 0.0,
                seed: int = 0, use_rslora: bool = False) -> list[str]:
     """Freeze every parameter of `model`, wrap the target layers in LoRALinear; returns their names."""
+    from acik.model.inference import refuse_if_optimized
+
+    refuse_if_optimized(model, "add LoRA adapters")
     names = resolve_targets(model, targets)
     for p in model.parameters():
         p.requires_grad_(False)
