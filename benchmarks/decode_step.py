@@ -1,9 +1,10 @@
 """One decode step of acik's model (with the engine's KV cache) against the bare matmul loop, at batch 1
 and 8, fp32 and bf16: the least noisy view of "how close to the kernels" on a shared machine.
 
-The bare loop and the step alternate, 12 times each; the table gives the best times and the ratios of
-both the best and the median times. All work runs in a thread that follows a throwaway thread (see
-benchmarks/decode.py, warm_kernels). `--compile` adds the step compiled with torch.compile (as
+The bare loops (F.linear over the model's matrices; the same matrices prepacked for oneDNN) and the steps
+(the model as loaded; optimized as `LLM.optimize` does) alternate, 12 times each; the table gives the best
+times and the ratios of both the best and the median times. All work runs in a thread that follows a
+throwaway thread (see benchmarks/decode.py, warm_kernels). `--compile` adds the step compiled with torch.compile (as
 `Engine(compile=True)` does), and the seconds its first call took to compile.
 
     PYTHONPATH=src python benchmarks/decode_step.py [threads] [--compile]
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from acik.config import preset
 from acik.engine.cache import KVCache
+from acik.model.inference import PackedLinear, can_pack, optimize
 from acik.model.transformer import Transformer
 
 
@@ -38,37 +40,47 @@ def alternate(fns: list, n: int = 12) -> list[list[float]]:
 
 
 def job(cfg, base: Transformer, dtype: torch.dtype, compile: bool, out: dict) -> None:
-    model = Transformer(cfg).to(dtype)
-    model.load_state_dict(base.state_dict())
-    model.eval()
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    cache = KVCache(cfg, 8, 64, 16, dtype=dtype)
+    def copy() -> Transformer:
+        model = Transformer(cfg).to(dtype)
+        model.load_state_dict(base.state_dict())
+        return model.eval()
 
-    def forward(ids, pos):
-        return model(ids, positions=pos, cache=cache, last_only=True)
+    model, fast = copy(), copy()
+    optimize(fast)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    packed = [PackedLinear(m) for m in linears] if can_pack(linears[0]) else []
+    caches = {id(m): KVCache(cfg, 8, 64, 16, dtype=dtype) for m in (model, fast)}
+
+    def forward(ids, pos, m=model):
+        return m(ids, positions=pos, cache=caches[id(m)], last_only=True)
 
     compiled = torch.compile(forward, dynamic=True) if compile else None
     with torch.inference_mode():
         for batch in (1, 8):
-            xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=dtype) for w in weights}
+            xs = {m.in_features: torch.randn(batch, m.in_features, dtype=dtype) for m in linears}
             ids, pos = torch.zeros(batch, 1, dtype=torch.long), torch.full((batch, 1), 20)
 
             def bare(xs=xs):
-                for w in weights:
-                    F.linear(xs[w.shape[1]], w)
+                for m in linears:
+                    F.linear(xs[m.in_features], m.weight)
 
-            def step(fn=forward, ids=ids, pos=pos, batch=batch):
-                cache.select(0, batch, pos)
-                fn(ids, pos)
+            def bare_packed(xs=xs):
+                for m in packed:
+                    m(xs[m.in_features])
 
-            fns = [bare, step]
+            def step(fn=forward, m=model, ids=ids, pos=pos, batch=batch):
+                caches[id(m)].select(0, batch, pos)
+                fn(ids, pos, m)
+
+            fns = {"bare": bare, "bare prepacked": bare_packed if packed else bare, "step": step,
+                   "optimized step": lambda: step(m=fast)}
             compile_s = 0.0
             if compiled is not None:
                 t0 = time.perf_counter()
                 step(compiled)  # compiles (or reuses what an earlier pass compiled)
                 compile_s = time.perf_counter() - t0
-                fns.append(lambda: step(compiled))
-            out[(dtype, batch)] = (alternate(fns), compile_s)
+                fns["compiled step"] = lambda: step(compiled)
+            out[(dtype, batch)] = (dict(zip(fns, alternate(list(fns.values())))), compile_s)
 
 
 def main() -> None:
@@ -90,21 +102,25 @@ def main() -> None:
             t.join()
             if target is not out:
                 compile_s.update({k: v[1] for k, v in target.items()})
-    head = (f"| dtype | batch | bare-matmul ms | acik step ms | acik / bare (best) | acik / bare (median) "
-            f"| acik tok/s ({args.threads} threads) |")
+    steps = ["step", "optimized step"] + (["compiled step"] if args.compile else [])
+    head = ("| dtype | batch | bare ms (F.linear / prepacked) | "
+            + " | ".join(f"{s} ms | {s} / bare, best (F.linear / prepacked) | median" for s in steps) + " |")
     if args.compile:
-        head += " compiled step ms | compiled / bare (best) | compiled / bare (median) | compile s (first call) |"
+        head += " compile s (first call) |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for (dtype, batch), (times, _) in out.items():
-        best = [min(ts) for ts in times]
-        med = [statistics.median(ts) for ts in times]
-        line = (f"| {str(dtype).removeprefix('torch.')} | {batch} | {best[0] * 1e3:.1f} | {best[1] * 1e3:.1f} | "
-                f"{best[0] / best[1]:.0%} | {med[0] / med[1]:.0%} | {batch / best[1]:.1f} |")
+        best = {k: min(ts) for k, ts in times.items()}
+        med = {k: statistics.median(ts) for k, ts in times.items()}
+        line = (f"| {str(dtype).removeprefix('torch.')} | {batch} | {best['bare'] * 1e3:.1f} / "
+                f"{best['bare prepacked'] * 1e3:.1f} |")
+        for s in steps:
+            line += (f" {best[s] * 1e3:.1f} | {best['bare'] / best[s]:.0%} / {best['bare prepacked'] / best[s]:.0%} | "
+                     f"{med['bare'] / med[s]:.0%} / {med['bare prepacked'] / med[s]:.0%} |")
         if args.compile:
-            line += (f" {best[2] * 1e3:.1f} | {best[0] / best[2]:.0%} | {med[0] / med[2]:.0%} | "
-                     f"{compile_s[(dtype, batch)]:.0f} |")
+            line += f" {compile_s[(dtype, batch)]:.0f} |"
         print(line)
+
 
 if __name__ == "__main__":
     main()
