@@ -263,6 +263,10 @@ def test_optimized_quantized_model_fuses_and_matches(base_dir, method):
     with torch.no_grad():
         ref, got = plain.model(IDS), fast.model(IDS)
     torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
+    # int4's CPU kernel layout replaces the stored nibbles instead of sitting beside them
+    nbytes = [sum(b.numel() * b.element_size() for b in m.model.buffers()) for m in (plain, fast)]
+    assert nbytes[1] <= nbytes[0]
+    assert ("kernel_weight" in attn.qkv_proj._buffers) == method.startswith("int4")
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -117,6 +117,9 @@ def optimize(model: nn.Module, pack: bool = True) -> dict[str, int]:
                 elif type(child) is RMSNorm:
                     setattr(module, name, RMSNormAsLayerNorm(child))
                     done["norms"] += 1
+        for module in model.modules():
+            if hasattr(module, "for_inference"):  # quantized layers that can drop their stored format
+                module.for_inference()
         for p in model.parameters():
             p.requires_grad_(False)
     model.inference_only = True

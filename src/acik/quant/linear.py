@@ -207,6 +207,8 @@ class Int4Linear(QuantLinear):
         return Int4Linear(self.in_features, out_features, bias, self.group_size, self.method == "int4-hqq", "meta")
 
     def _kernel_weights(self):
+        if self._kernel is None and "kernel_weight" in self._buffers:  # for_inference kept only these
+            self._kernel = (self.kernel_weight, self.kernel_scales)
         if self._kernel is None:
             # The kernel computes (code - 8) * scale + offset; ours is (code - zero) * scale.
             scale = self.weight_scale.float()
@@ -215,6 +217,17 @@ class Int4Linear(QuantLinear):
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
             self._kernel = (packed, sz)
         return self._kernel
+
+    def for_inference(self) -> None:
+        """Keep only the CPU kernel's layout (acik.model.inference.optimize: the model will only run forward).
+        Otherwise the stored nibbles and scales stay beside it, and the layer takes twice its size in memory."""
+        if "weight_packed" not in self._buffers or self.out_features % 16 or self.weight_packed.device.type != "cpu":
+            return
+        packed, sz = self._kernel_weights()
+        self.register_buffer("kernel_weight", packed, persistent=False)
+        self.register_buffer("kernel_scales", sz, persistent=False)
+        for name in ("weight_packed", "weight_scale", "weight_zero"):
+            del self._buffers[name]
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         # The CPU kernel's layout needs out_features % 16 == 0; elsewhere (and on GPUs, untested
