@@ -112,7 +112,7 @@ def evaluate(model_dir: str | Path | None = None, tasks: list[str] = ("ppl",), *
     import acik
 
     if llm is None and api is None:
-        llm = acik.load(model_dir, dtype="float32")
+        llm = acik.load(model_dir, dtype="float32", optimize=True)  # scoring only runs forward
     if api is not None:
         tokenizer = acik.load_tokenizer(tokenizer_dir or model_dir)
 

@@ -339,7 +339,7 @@ def run_eval(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
     results: dict[str, Any] = {"questions": len(docs), "chance": 1 / 4, "models": {}}
     predictions = []
     for stage, label in MODEL_STAGES.items():
-        llm = acik.load(inputs[stage], dtype="float32")
+        llm = acik.load(inputs[stage], dtype="float32", optimize=True)  # scoring only runs forward
 
         def scorer(pairs, model=llm.model):
             return loglikelihoods(model, pairs, batch_size=r.eval.batch_size)
