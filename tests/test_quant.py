@@ -295,7 +295,8 @@ def test_transformers_reads_compressed_tensors(base_dir, tmp_path, method):
     pytest.importorskip("compressed_tensors")
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    llm = acik.load(base_dir, quantize=method)
+    # int8 with its head quantized too: transformers must read that, not drop its scales.
+    llm = acik.load(base_dir, quantize=method, skip=[] if method == "int8" else None)
     llm.save(tmp_path / method)
     # compressed-tensors 0.20's meta-device setup leaves asymmetric zero points unpacked, so the
     # int4 route that keeps weights compressed rejects packed ones; dequantize=True reads them.
@@ -305,7 +306,6 @@ def test_transformers_reads_compressed_tensors(base_dir, tmp_path, method):
         ours = llm.model(IDS).float()
         theirs = hf(IDS).logits.float()
         dense = acik.load(base_dir).model(IDS)
-    # int8 quantizes the head by default: transformers must read that too, not drop its scales.
     assert isinstance(llm.model.lm_head, QuantLinear) == (method == "int8")
     # Same weights, so agreement far inside the quantization error (ours runs activations in bf16).
     assert (ours - theirs).abs().max() < 0.1 * (ours - dense).abs().max() + 5e-3
@@ -355,23 +355,22 @@ def test_group_size_must_divide_in_features():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_default_skip(base_dir, tmp_path, method):
-    """8-bit methods quantize the output head (as llama.cpp's Q8_0), 4-bit ones keep it; the default
-    is written out, so the directory reloads the same layers."""
+    """Every method keeps the output head unless told otherwise; the skip list is written out, so the
+    directory reloads the same layers, a quantized head included."""
     llm = acik.load(base_dir, quantize=method)
-    eight_bit = method in ("int8", "w8a8")
-    assert isinstance(llm.model.lm_head, QuantLinear) == eight_bit
-    assert llm.model.quantization["skip"] == ([] if eight_bit else ["lm_head"])
-    if eight_bit:
-        assert isinstance(acik.load(base_dir, quantize=method, skip=["lm_head"]).model.lm_head, torch.nn.Linear)
+    assert isinstance(llm.model.lm_head, torch.nn.Linear)
+    assert llm.model.quantization["skip"] == ["lm_head"]
+    everything = acik.load(base_dir, quantize=method, group_size=GROUP[method], skip=[])
+    assert isinstance(everything.model.lm_head, QuantLinear)
     if method == "int8":
-        llm.save(tmp_path / "q")
+        everything.save(tmp_path / "q")
         assert isinstance(acik.load(tmp_path / "q").model.lm_head, QuantLinear)
 
 
-def test_cli_skip_lm_head_opts_out(base_dir, tmp_path):
+def test_cli_keeps_the_head_unless_skip_is_empty(base_dir, tmp_path):
     from acik.cli import main
 
-    assert main(["quantize", str(base_dir), "--method", "int8", "--skip", "lm_head", "--out", str(tmp_path / "a")]) == 0
+    assert main(["quantize", str(base_dir), "--method", "int8", "--out", str(tmp_path / "a")]) == 0
     qc = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
     assert qc["ignore"] == ["lm_head"] and qc["acik"]["skip"] == ["lm_head"]
     assert main(["quantize", str(base_dir), "--method", "int4", "--skip", "", "--out", str(tmp_path / "b")]) == 0
@@ -381,7 +380,7 @@ def test_cli_skip_lm_head_opts_out(base_dir, tmp_path):
 def test_tied_head_never_quantized():
     cfg = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    model = quantize_model(Transformer(cfg), "int8")
+    model = quantize_model(Transformer(cfg), "int8", skip=[])
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 

@@ -24,12 +24,12 @@ EIGHT_BIT = ("int8", "w8a8")
 
 
 def default_skip(method: str) -> list[str]:
-    """The layers `method` leaves unquantized unless told otherwise. The 8-bit methods quantize the
-    output head too, as llama.cpp's Q8_0 does: at 8 bits it costs no measurable quality, and on a
-    CPU the head is the largest single matrix read per decoded token. The 4-bit methods keep it in
-    the model's dtype (llama.cpp gives it 6 bits in its 4-bit types; bitsandbytes and llm-compressor
-    leave it alone), since 4-bit error in the logits shows directly in perplexity."""
-    return [] if method in EIGHT_BIT else ["lm_head"]
+    """The layers `method` leaves unquantized unless told otherwise: the output head, for every method.
+    At 4 bits its error shows directly in perplexity (llama.cpp gives it 6 bits in its 4-bit types;
+    bitsandbytes and llm-compressor leave it alone). At 8 bits it would cost no quality, but an int8 head
+    decodes slower than a bf16 one prepacked for oneDNN on CPU (`LLM.optimize`; docs/benchmarks.md
+    "Quantization"), and vLLM cannot load a quantized head."""
+    return ["lm_head"]
 
 
 class QuantizationError(ValueError):

@@ -13,7 +13,7 @@ from pathlib import Path
 class QuantizeRecipe:
     method: str = "int8"
     group_size: int | None = None  # None: the method's default (64 for int4/int4-hqq/nf4, 32 for mxfp4)
-    skip: list[str] | None = None  # None: the method's default (acik.quant.default_skip: lm_head for 4-bit)
+    skip: list[str] | None = None  # None: the method's default (acik.quant.default_skip: lm_head)
     dtype: str = "auto"  # the dtype of what stays unquantized (embeddings, norms, skipped layers)
 
 
@@ -61,8 +61,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", required=True, help="where to write the quantized model directory")
     p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default int8)")
     p.add_argument("--group-size", type=int, help="inputs per scale for int4/int4-hqq/nf4 (default 64)")
-    p.add_argument("--skip", help="comma-separated module names to leave unquantized (default: lm_head for the 4-bit "
-                        "methods, nothing for int8/w8a8; --skip lm_head keeps the head, --skip '' quantizes all)")
+    p.add_argument("--skip", help="comma-separated module names to leave unquantized (default: lm_head, the output "
+                        "head; --skip '' quantizes every linear layer, the head included)")
     p.add_argument("--dtype", help="dtype of the unquantized parts (default: the model's)")
     p.add_argument("--recipe", help="YAML recipe with the same keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
