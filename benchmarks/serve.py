@@ -110,7 +110,7 @@ def engine_round(model_dir: Path, clients: int, requests: int, max_tokens: int, 
     import acik
     from acik.engine import Engine, Request
 
-    llm = acik.load(model_dir)
+    llm = acik.load(model_dir, optimize=True)  # as `acik serve` loads it
     tok = llm.tokenizer
     engine = Engine(llm, max_batch_size=batch)
     out = {"ttft": [], "tpot": [], "tokens": 0, "errors": []}
