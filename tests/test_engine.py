@@ -150,6 +150,12 @@ def test_logprobs_and_scoring_match_the_model(tiny_llm):
         expected = [None] + ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
         assert h.prompt_logprobs[0] is None
         assert torch.allclose(torch.tensor(h.prompt_logprobs[1:]), torch.tensor(expected[1:]), atol=1e-4)
+        assert h.prompt_top_logprobs is None  # only asked for with top_logprobs
+        h = engine.submit(Request(prompt_ids=ids, max_new_tokens=0, prompt_logprobs=True, top_logprobs=2))
+        list(h)
+        assert h.prompt_top_logprobs[0] is None and len(h.prompt_top_logprobs) == len(ids)
+        got = torch.tensor([[lp for _, lp in top] for top in h.prompt_top_logprobs[1:]])
+        assert torch.allclose(got, ref[:-1].topk(2).values, atol=1e-4)
         h = engine.submit(Request(prompt_ids=ids, max_new_tokens=1, temperature=0, logprobs=True, top_logprobs=3))
         ev = next(iter(h))
         top = ref[-1].topk(3)

@@ -183,6 +183,11 @@ def test_lm_eval_local_completions_shape(server, llm):
         assert lp["tokens"][:n] == [llm.tokenizer.decode([t]) for t in ids]
         got = lp["token_logprobs"][1:n]
         assert got == pytest.approx(scores(llm, ids), abs=1e-4)
+        # Each prompt position's alternatives hold the model's likeliest token (lm-eval's is_greedy reads them),
+        # not only the prompt's own token.
+        with torch.no_grad():
+            best = torch.log_softmax(llm.model(torch.tensor([ids])).float()[0], -1).max(-1).values
+        assert [max(d.values()) for d in lp["top_logprobs"][1:n]] == pytest.approx(best[:n - 1].tolist(), abs=1e-4)
         assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
         # The generated token is the greedy one, with its logprob.
         nxt = greedy(llm, ids, 1)[0]

@@ -81,6 +81,8 @@ class Handle:
         self.prompt_tokens = len(request.prompt_ids)
         self.completion_tokens = 0
         self.prompt_logprobs: list[float | None] | None = None
+        # With prompt_logprobs and top_logprobs=n: each prompt position's n likeliest tokens (None for the first)
+        self.prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
         self.token_ids: list[int] = []
         self._drained = False
 
@@ -126,6 +128,7 @@ class _Sequence:
             self.seen[torch.tensor(req.prompt_ids)] = True
         self.max_len = engine.max_seq_len
         self.prompt_logprobs: list[float | None] = [None]
+        self.prompt_top_logprobs: list[list[tuple[int, float]] | None] = [None]
 
 
 class Engine:
@@ -322,10 +325,14 @@ class Engine:
             lp = torch.log_softmax(logits, dim=-1)
             targets = seq.ids[start + 1:stop + 1] if stop < n_prompt else seq.ids[start + 1:stop]
             seq.prompt_logprobs += lp[torch.arange(len(targets)), torch.tensor(targets)].tolist()
+            if seq.req.top_logprobs:
+                seq.prompt_top_logprobs += [top_logprobs(row, seq.req.top_logprobs) for row in lp[:len(targets)]]
         if stop < n_prompt:
             return
         # The prompt is in the cache: this row now decodes.
         seq.handle.prompt_logprobs = seq.prompt_logprobs if want_all else None
+        if want_all and seq.req.top_logprobs:
+            seq.handle.prompt_top_logprobs = seq.prompt_top_logprobs
         self._decoding += 1
         if seq.req.max_new_tokens == 0:
             self._finish(seq, "length")
