@@ -1,5 +1,6 @@
 """The inference engine against transformers' `generate`, and its batching, sampling and errors."""
 
+import os
 import time
 
 import pytest
@@ -259,3 +260,23 @@ def test_sampling_and_penalties_run_on_a_gpu_model(tiny_llm):
             return h.token_ids
         first = run(1)
         assert run(1) == first and len(first) == 16
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_release_openmp_threads_frees_this_threads_workers():
+    """The engine's fix for slow decode when another thread keeps an OpenMP pool (acik.engine.openmp): after a
+    parallel region the calling thread owns worker threads; released, they are gone."""
+    from acik.engine.openmp import _pause, release_openmp_threads
+
+    if _pause() is None:
+        pytest.skip("this PyTorch build's OpenMP runtime has no omp_pause_resource_all")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        release_openmp_threads()  # start from no pool, whatever earlier tests left
+        torch.ones(1 << 22).sum()  # large enough to run as a parallel region on 2 threads: one worker
+        before = len(os.listdir("/proc/self/task"))
+        release_openmp_threads()
+        assert len(os.listdir("/proc/self/task")) == before - 1
+    finally:
+        torch.set_num_threads(threads)

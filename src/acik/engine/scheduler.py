@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from acik.engine.cache import KVCache
+from acik.engine.openmp import release_openmp_threads
 from acik.engine.sampling import apply_penalties, sample, top_logprobs
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -193,6 +194,8 @@ class Engine:
             raise RuntimeError("the engine is closed")
         if self._error is not None:
             raise RuntimeError(f"the engine failed earlier: {self._error}")
+        if threading.current_thread() is not self._thread:
+            release_openmp_threads()  # this thread's idle OpenMP pool would slow the engine's (see acik.engine.openmp)
         self._waiting.put(_Sequence(handle, self))
         with self._lock:
             if self._thread is None:
@@ -261,6 +264,7 @@ class Engine:
                     self._retire_cancelled()
                     self._admit()
                     if not self._rows:
+                        release_openmp_threads()  # idle: leave the cores' OpenMP to other threads' work
                         self._wake.wait()
                         continue
                     self._step()
