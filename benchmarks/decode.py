@@ -14,7 +14,7 @@ so that a machine whose speed drifts over minutes (a shared one) moves all of th
 
 acik runs as loaded (`LLM.load(dir)`) and optimized for inference (`LLM.load(dir, optimize=True)`, what
 `acik generate/chat/serve` do: fused projections, prepacked weights). `--compile` adds a row per dtype for
-`Engine(compile=True)` on a model optimized with pack=False (what `--compile` does), with the seconds its
+`Engine(compile=True)` on an optimized model (what `--compile` does), with the seconds its
 first calls spent compiling.
 """
 
@@ -137,7 +137,7 @@ def measure(name: str, base: Transformer, cfg, prompt: list[int], args, bw: floa
         if label == name:
             return LLM(model, cfg)
         out = LLM(copy_of(base, cfg, dtype), cfg)
-        out.optimize(pack=not label.endswith("compiled"))
+        out.optimize()
         warm_kernels(out.model, args)
         return out
 

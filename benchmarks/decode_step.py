@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from acik.config import preset
 from acik.engine.cache import KVCache
+from acik.engine.openmp import release_openmp_threads
 from acik.model.inference import PackedLinear, can_pack, optimize
 from acik.model.transformer import Transformer
 
@@ -93,6 +94,7 @@ def main() -> None:
     base = Transformer(cfg)
     base.init_weights(0)
     base.eval()
+    release_openmp_threads()  # the jobs run in other threads; this one's idle OpenMP pool would slow them
     out: dict = {}
     compile_s: dict = {}
     for dtype in (torch.float32, torch.bfloat16):

@@ -511,7 +511,7 @@ def engine_rates(model, cfg, prompt, compile: bool = False, on_first=None, optim
     new, repeats = decode_sizes()
     llm = LLM(model, cfg)
     if optimize:
-        llm.optimize(pack=not compile)
+        llm.optimize()
     engine = Engine(llm, max_batch_size=8, max_seq_len=len(prompt) + new + 8, compile=compile)
 
     def run(n: int, copies: int = 1) -> None:

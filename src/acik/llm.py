@@ -79,7 +79,7 @@ class LLM:
     def optimize(self, pack: bool = True) -> dict[str, int]:
         """Rewrite the model in place for inference: fuse q/k/v and gate/up projections and, with `pack` on
         CPU, prepack weights for oneDNN (see `acik.model.inference`). Afterwards the model can no longer be
-        trained, saved or given LoRA adapters. Use `pack=False` with `Engine(compile=True)`."""
+        trained, saved or given LoRA adapters."""
         from acik.model.inference import optimize
 
         if self._engine is not None:

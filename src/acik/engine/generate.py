@@ -244,7 +244,7 @@ def _load(name: str, r: GenerateRecipe):
 
     llm = acik.load(resolve_model(name), dtype=r.dtype)
     if r.optimize:
-        llm.optimize(pack=not r.compile)  # torch.compile cannot trace prepacked weights
+        llm.optimize()
     get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len, compile=r.compile)
     return llm
 

@@ -167,11 +167,6 @@ class Engine:
                              dtype=self.dtype, device=self.device, whole_ring=compile)
         self._decode_fn = self._forward
         if compile:  # dynamic: batch size and key count are symbolic (see KVCache.select)
-            from acik.model.inference import is_packed
-
-            if is_packed(self.model):
-                raise ValueError("compile=True cannot trace prepacked weights: optimize the model with pack=False "
-                                 "(acik generate/chat --compile do)")
             self._decode_fn = torch.compile(self._forward, dynamic=True)
         self._waiting: queue.Queue[_Sequence] = queue.Queue()
         self._rows: list[_Sequence] = []  # rows[:decoding] decode; rows[decoding] (if any) prefills

@@ -13,7 +13,8 @@ docs/benchmarks.md "Decode"):
 
 Afterwards the model runs forward only: it cannot be trained, saved, cast or given LoRA adapters (saving
 and LoRA refuse with an error; load the directory again for those). Outputs equal the plain model's to
-float rounding. `torch.compile` cannot trace prepacked weights: compiled engines fuse only.
+float rounding. Under `torch.compile` the prepacked matmul is an opaque operator (`acik::packed_linear`):
+inductor cannot lower a prepacked weight itself, and fuses everything around it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ from torch import nn
 from acik.model.attention import Attention
 from acik.model.mlp import MLP
 from acik.model.norms import RMSNorm
+
+
+@torch.library.custom_op("acik::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 class PackedLinear(nn.Module):
@@ -38,6 +49,9 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return packed_linear(x, self.packed_weight, self.bias)
+        # Eager, the direct call: going through the custom operator costs a few µs more, 85 times a token.
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
@@ -124,10 +138,6 @@ def optimize(model: nn.Module, pack: bool = True) -> dict[str, int]:
             p.requires_grad_(False)
     model.inference_only = True
     return done
-
-
-def is_packed(model: nn.Module) -> bool:
-    return any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 def refuse_if_optimized(model: nn.Module, action: str) -> None:
