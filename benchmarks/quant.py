@@ -30,6 +30,7 @@ for acik fp32/bf16, `transformers` fp32/bf16 `generate`, and every method (defau
 the headline rows), then the non-default head choices.
 
     python benchmarks/quant.py [--threads 2] [--new 32] [--repeats 3] [--eval-tokens 0] [--skip-quality] [--skip-speed]
+        [--compile]
 """
 
 from __future__ import annotations
@@ -215,16 +216,16 @@ def rate_from_gaps(stamps: list[list[float]]) -> float:
     return 1.0 / statistics.median(gaps)
 
 
-def acik_runner(model: torch.nn.Module, cfg, prompt: list[int], args, optimize: bool = True):
+def acik_runner(model: torch.nn.Module, cfg, prompt: list[int], args, optimize: bool = True, compile: bool = False):
     """-> (run, close): `run()` decodes once through acik's engine and returns the time stamps
     (submit, then one per token). `optimize`: as `acik generate/chat/serve` run it (fused projections,
-    prepacked weights: LLM.optimize)."""
+    prepacked weights: LLM.optimize); `compile`: `Engine(compile=True)`, what `--compile` adds."""
     from acik.engine import Engine, Request
 
     llm = LLM(model, cfg)
     if optimize:
         llm.optimize()
-    engine = Engine(llm, max_batch_size=1, max_seq_len=len(prompt) + args.new + 8)
+    engine = Engine(llm, max_batch_size=1, max_seq_len=len(prompt) + args.new + 8, compile=compile)
 
     def run() -> list[float]:
         t = [time.perf_counter()]
@@ -299,6 +300,16 @@ def speed(args) -> list[tuple]:
         entries.append((label(method, group, skip), acik_runner(m, cfg, prompt, args), model_bytes(m),
                         f"{s['bits_per_weight']:.2f} bits/weight in quantized layers; quantized in {took:.1f}s"))
         print(f"  built {entries[-1][0]}: {entries[-1][3]}", flush=True)
+    if args.compile:  # the headline rows again through a compiled engine (compiled in the warm-up round)
+        for method, group, skip in [(None, None, None), ("int8", None, None), ("int4", 64, None), ("int4", 64, [])]:
+            if method and method not in args.methods:
+                continue
+            if method:
+                m, _ = quantized(base, method, group, skip)
+            else:
+                m = copy.deepcopy(base).to(torch.bfloat16)
+            name = (label(method, group, skip) if method else "acik bfloat16") + ", compiled"
+            entries.append((name, acik_runner(m, cfg, prompt, args, compile=True), model_bytes(m), "`--compile`"))
     stamps: dict[str, list[list[float]]] = {name: [] for name, *_ in entries}
     try:
         for round_ in range(args.repeats + 1):  # round 0 warms up
@@ -334,6 +345,8 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers in the speed half")
+    ap.add_argument("--compile", action="store_true",
+                    help="add rows for a compiled engine (bf16, int8, int4, int4 with its head), as --compile runs")
     args = ap.parse_args()
     args.methods = args.methods.split(",")
     torch.set_num_threads(args.threads)
@@ -367,6 +380,9 @@ def main() -> None:
                      ("int4 decode >= 4x transformers bf16", int4 >= 4 * hf_bf16)]
     if verdicts:
         print("\n" + "\n".join(f"- {'met' if ok else 'MISSED'}: {what} (default settings)" for what, ok in verdicts))
+    for name, r, _, _ in s_rows:
+        if name.endswith("compiled"):
+            print(f"- {name}: {r / bf16:.2f}x acik bf16 (eager), {r / hf_bf16:.2f}x transformers bf16")
 
 if __name__ == "__main__":
     main()
