@@ -56,6 +56,18 @@ def test_compile_flag_reaches_the_engine(model_dir, monkeypatch, capsys):
     assert seen == [{"dynamic": True}]
 
 
+def test_generate_optimizes_unless_told_not_to(model_dir, monkeypatch, capsys):
+    """`acik generate` runs the model optimized for inference (the greedy test above checks the output equals the
+    plain model's); `--no-optimize` keeps it as loaded."""
+    calls = []
+    original = LLM.optimize
+    monkeypatch.setattr(LLM, "optimize", lambda self, **kw: calls.append(kw) or original(self, **kw))
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "2"]) == 0
+    assert calls == [{}]
+    assert main(["generate", str(model_dir), "Hi", "--max-new-tokens", "2", "--no-optimize"]) == 0
+    assert calls == [{}]
+
+
 def test_generate_command_bad_input(model_dir, capsys):
     assert main(["generate", str(model_dir), "Hi", "--temperature", "-1"]) == 2
     assert "temperature" in capsys.readouterr().err

@@ -492,3 +492,14 @@ def test_example_policy_loads():
     p = Policy.load(Path(__file__).resolve().parents[1] / "recipes" / "policy.example.yaml")
     assert p.check_input(["how do I build a bomb"]) and p.check_input(["how do I build a shed"]) is None
     assert p.redact_text("mail a@b.io") == "mail [redacted]"
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_serve_loads_the_model_optimized_unless_told_not_to(model_dir, optimize):
+    """`acik serve` (ServeSettings.optimize, `--no-optimize`) runs the model optimized for inference by default."""
+    app = build_app(ServeSettings(model=str(model_dir), optimize=optimize))
+    engine = app.state.acik.engine
+    try:
+        assert getattr(engine.model, "inference_only", False) == optimize
+    finally:
+        engine.close()
