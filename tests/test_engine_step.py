@@ -224,3 +224,33 @@ def test_optimized_model_refuses_training_uses(tmp_path):
         llm.save(tmp_path / "out")
     with pytest.raises(ValueError, match="optimized for inference"):
         apply_lora(m, "all-linear")
+
+
+def test_optimized_model_with_lora_adapters_matches():
+    """A LoRA-wrapped model (served with an adapter) optimizes too: its base layers are packed, its adapters are left
+    as they are, and the logits do not change."""
+    import copy
+
+    from acik.model.inference import PackedLinear, optimize
+    from acik.train.lora import apply_lora
+
+    plain = model()
+    apply_lora(plain, "all-linear", r=4)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                p.normal_(generator=torch.Generator().manual_seed(len(name)))
+    fast = copy.deepcopy(plain)
+    optimize(fast)
+    wrapped = [m for m in fast.modules() if hasattr(m, "lora_A")]
+    assert wrapped and all(type(m.lora_A) is torch.nn.Linear for m in wrapped)
+    assert any(isinstance(m.base_layer, PackedLinear) for m in wrapped) == can_pack_here()
+    ids = torch.randint(0, 61, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids), plain(ids), atol=1e-4, rtol=0)
+
+
+def can_pack_here() -> bool:
+    from acik.model.inference import can_pack
+
+    return can_pack(torch.nn.Linear(4, 4))

@@ -125,8 +125,9 @@ def optimize(model: nn.Module, pack: bool = True) -> dict[str, int]:
                     del module.gate_proj, module.up_proj
                     done["fused"] += 1
         for module in list(model.modules()):
+            adapter = hasattr(module, "lora_A")  # a LoRA wrapper: pack its base layer, not the small adapters it reads
             for name, child in list(module.named_children()):
-                if pack and can_pack(child):
+                if pack and can_pack(child) and not (adapter and name != "base_layer"):
                     setattr(module, name, PackedLinear(child))
                     done["packed"] += 1
                 elif type(child) is RMSNorm:
