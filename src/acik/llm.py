@@ -76,15 +76,15 @@ class LLM:
             llm.optimize()
         return llm
 
-    def optimize(self, pack: bool = True) -> dict[str, int]:
-        """Rewrite the model in place for inference: fuse q/k/v and gate/up projections and, with `pack` on
-        CPU, prepack weights for oneDNN (see `acik.model.inference`). Afterwards the model can no longer be
-        trained, saved or given LoRA adapters."""
+    def optimize(self) -> dict[str, int]:
+        """Rewrite the model in place for inference: fuse q/k/v and gate/up projections and, on CPU, prepack
+        weights for oneDNN (see `acik.model.inference`). Afterwards the model can no longer be trained, saved
+        or given LoRA adapters."""
         from acik.model.inference import optimize
 
         if self._engine is not None:
             raise RuntimeError("optimize() must run before this LLM's engine is created")
-        return optimize(self.model, pack=pack)
+        return optimize(self.model)
 
     @property
     def device(self) -> torch.device:

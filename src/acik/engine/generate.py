@@ -242,9 +242,7 @@ def _sampling(r: GenerateRecipe) -> dict[str, Any]:
 def _load(name: str, r: GenerateRecipe):
     import acik
 
-    llm = acik.load(resolve_model(name), dtype=r.dtype)
-    if r.optimize:
-        llm.optimize()
+    llm = acik.load(resolve_model(name), dtype=r.dtype, optimize=r.optimize)
     get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len, compile=r.compile)
     return llm
 

@@ -104,21 +104,21 @@ def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     return concat(layers) if concat is not None else None
 
 
-def optimize(model: nn.Module, pack: bool = True) -> dict[str, int]:
-    """Fuse `model`'s projections, (with `pack`, on CPU) prepack its linear weights and swap its RMSNorms, in
-    place. Returns how many of each it changed."""
+def optimize(model: nn.Module) -> dict[str, int]:
+    """Fuse `model`'s projections, prepack its linear weights (on CPU) and swap its RMSNorms, in place.
+    Returns how many of each it changed."""
     done = {"fused": 0, "packed": 0, "norms": 0}
     if getattr(model, "inference_only", False):
         return done
     with torch.no_grad():
         for module in list(model.modules()):
-            if isinstance(module, Attention) and module.qkv_proj is None:
+            if isinstance(module, Attention):
                 fused = fuse_linears([module.q_proj, module.k_proj, module.v_proj])
                 if fused is not None:
                     module.qkv_proj = fused
                     del module.q_proj, module.k_proj, module.v_proj
                     done["fused"] += 1
-            elif isinstance(module, MLP) and module.gated and module.gate_up_proj is None:
+            elif isinstance(module, MLP) and module.gated:
                 fused = fuse_linears([module.gate_proj, module.up_proj])
                 if fused is not None:
                     module.gate_up_proj = fused
@@ -127,7 +127,7 @@ def optimize(model: nn.Module, pack: bool = True) -> dict[str, int]:
         for module in list(model.modules()):
             adapter = hasattr(module, "lora_A")  # a LoRA wrapper: pack its base layer, not the small adapters it reads
             for name, child in list(module.named_children()):
-                if pack and can_pack(child) and not (adapter and name != "base_layer"):
+                if can_pack(child) and not (adapter and name != "base_layer"):
                     setattr(module, name, PackedLinear(child))
                     done["packed"] += 1
                 elif type(child) is RMSNorm:

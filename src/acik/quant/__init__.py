@@ -27,7 +27,7 @@ def default_skip(method: str) -> list[str]:
     """The layers `method` leaves unquantized unless told otherwise: the output head, for every method.
     At 4 bits its error shows directly in perplexity (llama.cpp gives it 6 bits in its 4-bit types;
     bitsandbytes and llm-compressor leave it alone). At 8 bits it would cost no quality, but an int8 head
-    decodes slower than a bf16 one prepacked for oneDNN on CPU (`LLM.optimize`; docs/benchmarks.md
+    decodes no faster than a bf16 one prepacked for oneDNN on CPU (`LLM.optimize`; docs/benchmarks.md
     "Quantization"), and vLLM cannot load a quantized head."""
     return ["lm_head"]
 
