@@ -12,9 +12,9 @@ import acik
 from acik.config import ModelConfig
 from acik.llm import LLM
 from acik.model import Transformer
-from acik.quant import METHODS, QuantizationError, methods, quantize_model
+from acik.quant import METHODS, QuantizationError, cpu_kernel, methods, quantize_model
 from acik.quant.formats import _pack_rows, _unpack_rows, pack_int32
-from acik.quant.linear import Int4Linear, QuantLinear
+from acik.quant.linear import Int4Linear, Int8Linear, QuantLinear
 
 GROUP = {"int8": None, "w8a8": None, "int4": 64, "int4-hqq": 64, "nf4": 64, "mxfp4": 32}
 
@@ -235,6 +235,105 @@ def test_int4_kernel_used_and_fallback_for_odd_widths():
     assert layer._kernel is not None
 
 
+needs_int8_kernel = pytest.mark.skipif(
+    not cpu_kernel.available(),
+    reason="acik's int8 CPU kernel cannot be built here (it needs Linux x86-64 with AVX2, a C compiler, OpenMP torch)")
+
+
+def test_int8_kernel_layout_round_trips():
+    codes = torch.randint(-127, 128, (48, 10), dtype=torch.int8)
+    blocked = cpu_kernel.block(codes)
+    assert blocked.shape == (3, 5, 16, 2) and torch.equal(blocked[1, 2, 3], codes[16 + 3, 4:6])
+    assert torch.equal(cpu_kernel.unblock(blocked), codes)
+
+
+@needs_int8_kernel
+@pytest.mark.parametrize("march", ["native", "haswell"])  # this CPU's path (AVX-512 VNNI here) and the AVX2 one
+def test_int8_kernel_matches_the_dequantized_reference(march, monkeypatch):
+    """acik's int8 kernel against the float64 matmul with the dequantized weight: fp32 to 1e-4 of the largest
+    output (it rounds activations to int16), bf16 to its output rounding. Shapes with odd block counts (the
+    tiles' tails), in_features past one int32 chunk and not a multiple of it, 0-9 rows, one and two threads."""
+    monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
+    assert cpu_kernel.isa() in (("avx2",) if march == "haswell" else ("avx2", "avx512-vnni"))
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    try:
+        for (n, k), rows, dtype, bias, nthreads in [
+            ((176, 300), 1, torch.float32, True, 2), ((176, 300), 5, torch.bfloat16, False, 2),
+            ((16, 2), 3, torch.float32, False, 2), ((144, 600), 9, torch.float32, True, 1),
+            ((2064, 256), 1, torch.bfloat16, True, 2), ((64, 64), 0, torch.float32, True, 2),
+        ]:
+            torch.set_num_threads(nthreads)
+            codes = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+            scale = torch.rand(n, generator=g) * 0.01 + 1e-4
+            b = torch.randn(n, generator=g) if bias else None
+            x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) * 3).to(dtype)
+            y = cpu_kernel.int8_matmul(x, cpu_kernel.block(codes), scale, b)
+            ref = torch.nn.functional.linear(x.double(), codes.double() * scale.double()[:, None],
+                                             None if b is None else b.double())
+            assert y.dtype == dtype and y.shape == (rows, n)
+            if rows:
+                tol = (1e-4 if dtype == torch.float32 else 1e-2) * max(ref.abs().max().item(), 1.0)
+                assert (y.double() - ref).abs().max().item() <= tol, (n, k, rows, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_int8_kernel
+def test_int8_kernel_propagates_nan_and_inf():
+    codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    x = torch.randn(3, 64)
+    x[1, 5] = float("nan")
+    x[2, 7] = float("inf")
+    y = cpu_kernel.int8_matmul(x, cpu_kernel.block(codes), torch.ones(32))
+    assert y[0].isfinite().all() and y[1].isnan().all() and y[2].isnan().all()
+
+
+@needs_int8_kernel
+def test_int8_kernel_shares_torchs_openmp_runtime():
+    """The kernel links the OpenMP runtime torch loaded: a second one would run a second pool of threads, which
+    on few cores slows every parallel region (acik.engine.openmp)."""
+    cpu_kernel.int8_matmul(torch.randn(1, 64), cpu_kernel.block(torch.ones(32, 64, dtype=torch.int8)), torch.ones(32))
+    maps = open("/proc/self/maps").read().split("\n")
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@needs_int8_kernel
+def test_int8_layer_uses_acik_kernel_and_falls_back(monkeypatch):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48)
+    x = torch.randn(2, 3, 128)
+    ref = torch.nn.functional.linear(x, Int8Linear.from_linear(lin).dequantize(), lin.bias)
+    layer = Int8Linear.from_linear(lin)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref, atol=1e-4) and layer._kernel[0] == "acik"
+    monkeypatch.setenv("ACIK_CPU_KERNELS", "0")  # PyTorch's kernel (bf16 activations)
+    layer = Int8Linear.from_linear(lin)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref, atol=2e-2) and layer._kernel[0] == "aten"
+    odd = Int8Linear.from_linear(torch.nn.Linear(128, 40))  # 40 outputs: not whole blocks of 16
+    monkeypatch.delenv("ACIK_CPU_KERNELS")
+    with torch.no_grad():
+        odd(x)
+    assert odd._kernel[0] == "aten"
+
+
+@pytest.mark.slow
+@needs_int8_kernel
+def test_int8_kernel_under_torch_compile():
+    """Compiled, the kernel is an opaque operator (acik::int8_matmul) inside one graph: same outputs as eager."""
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32))
+    quantize_model(model, "int8", skip=[])
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model, fullgraph=True)(x)
+    assert model[0]._kernel[0] == "acik"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 # --- model directories ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -263,10 +362,11 @@ def test_optimized_quantized_model_fuses_and_matches(base_dir, method):
     with torch.no_grad():
         ref, got = plain.model(IDS), fast.model(IDS)
     torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
-    # int4's CPU kernel layout replaces the stored nibbles instead of sitting beside them
+    # the CPU kernels' layouts (int4, acik's int8) replace the stored codes instead of sitting beside them
     nbytes = [sum(b.numel() * b.element_size() for b in m.model.buffers()) for m in (plain, fast)]
     assert nbytes[1] <= nbytes[0]
-    assert ("kernel_weight" in attn.qkv_proj._buffers) == method.startswith("int4")
+    own_layout = method.startswith("int4") or (method == "int8" and cpu_kernel.available())
+    assert ("kernel_weight" in attn.qkv_proj._buffers) == own_layout
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -355,26 +455,34 @@ def test_group_size_must_divide_in_features():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_default_skip(base_dir, tmp_path, method):
-    """Every method keeps the output head unless told otherwise; the skip list is written out, so the
-    directory reloads the same layers, a quantized head included."""
+    """int8 quantizes the output head (as llama.cpp's Q8_0 does), every other method keeps it unless told
+    otherwise; the skip list is written out, so the directory reloads the same layers."""
     llm = acik.load(base_dir, quantize=method)
-    assert isinstance(llm.model.lm_head, torch.nn.Linear)
-    assert llm.model.quantization["skip"] == ["lm_head"]
+    head_quantized = method == "int8"
+    assert isinstance(llm.model.lm_head, QuantLinear) == head_quantized
+    assert llm.model.quantization["skip"] == ([] if head_quantized else ["lm_head"])
     everything = acik.load(base_dir, quantize=method, group_size=GROUP[method], skip=[])
     assert isinstance(everything.model.lm_head, QuantLinear)
+    kept = acik.load(base_dir, quantize=method, group_size=GROUP[method], skip=["lm_head"])
+    assert type(kept.model.lm_head) is torch.nn.Linear
     if method == "int8":
-        everything.save(tmp_path / "q")
+        llm.save(tmp_path / "q")
         assert isinstance(acik.load(tmp_path / "q").model.lm_head, QuantLinear)
+        kept.save(tmp_path / "kept")
+        assert type(acik.load(tmp_path / "kept").model.lm_head) is torch.nn.Linear
 
 
-def test_cli_keeps_the_head_unless_skip_is_empty(base_dir, tmp_path):
+def test_cli_head_default_and_skip(base_dir, tmp_path):
     from acik.cli import main
 
-    assert main(["quantize", str(base_dir), "--method", "int8", "--out", str(tmp_path / "a")]) == 0
+    assert main(["quantize", str(base_dir), "--method", "int4", "--out", str(tmp_path / "a")]) == 0
     qc = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
     assert qc["ignore"] == ["lm_head"] and qc["acik"]["skip"] == ["lm_head"]
     assert main(["quantize", str(base_dir), "--method", "int4", "--skip", "", "--out", str(tmp_path / "b")]) == 0
     assert isinstance(acik.load(tmp_path / "b").model.lm_head, QuantLinear)
+    assert main(["quantize", str(base_dir), "--method", "int8", "--skip", "lm_head", "--out", str(tmp_path / "c")]) == 0
+    qc = json.loads((tmp_path / "c" / "config.json").read_text())["quantization_config"]
+    assert qc["ignore"] == ["lm_head"] and type(acik.load(tmp_path / "c").model.lm_head) is torch.nn.Linear
 
 
 def test_tied_head_never_quantized():

@@ -13,7 +13,7 @@ from pathlib import Path
 class QuantizeRecipe:
     method: str = "int8"
     group_size: int | None = None  # None: the method's default (64 for int4/int4-hqq/nf4, 32 for mxfp4)
-    skip: list[str] | None = None  # None: the method's default (acik.quant.default_skip: lm_head)
+    skip: list[str] | None = None  # None: the method's default (acik.quant.default_skip)
     dtype: str = "auto"  # the dtype of what stays unquantized (embeddings, norms, skipped layers)
 
 
@@ -62,7 +62,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default int8)")
     p.add_argument("--group-size", type=int, help="inputs per scale for int4/int4-hqq/nf4 (default 64)")
     p.add_argument("--skip", help="comma-separated module names to leave unquantized (default: lm_head, the output "
-                        "head; --skip '' quantizes every linear layer, the head included)")
+                        "head, except for int8, which quantizes it; --skip '' quantizes every linear layer; "
+                        "--skip lm_head keeps an int8 directory loadable by vLLM)")
     p.add_argument("--dtype", help="dtype of the unquantized parts (default: the model's)")
     p.add_argument("--recipe", help="YAML recipe with the same keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")

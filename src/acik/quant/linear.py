@@ -6,7 +6,9 @@ respect to its input by dequantizing the weight: the packed kernels have no grad
 needs one to train adapters on a frozen quantized base. The weights themselves never get a gradient.
 
 Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
-- int8 weight-only: `aten._weight_int8pack_mm` (int8 [out, in], one scale per row).
+- int8 weight-only: on x86-64 CPUs acik's own kernel (acik.quant.cpu_kernel: int8 weights times
+  int16-quantized activations, about twice as fast as PyTorch's), built on first use; elsewhere, or where it
+  cannot be built, `aten._weight_int8pack_mm` (int8 [out, in], one scale per row).
 - int4: `aten._weight_int4pack_mm_for_cpu` on CPU, `aten._weight_int4pack_mm` on CUDA; both need
   out_features divisible by 16 (CPU) and take their own packed layout, built once on first use.
 - w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm` (on CUDA it needs
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acik.quant import methods
+from acik.quant import cpu_kernel, methods
 
 KERNEL_DTYPE = torch.bfloat16
 
@@ -134,7 +136,7 @@ class Int8Linear(QuantLinear):
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.activations = activations
         self.method = "w8a8" if activations else "int8"
-        self._kernel_scale: torch.Tensor | None = None
+        self._kernel: tuple | None = None  # per device: what the kernel reads, built on first use
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: bool = False) -> Int8Linear:
@@ -142,11 +144,44 @@ class Int8Linear(QuantLinear):
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, "meta")
         return layer._fill(linear, weight=codes, weight_scale=scale)
 
+    def codes(self) -> torch.Tensor:
+        if "weight" not in self._buffers:  # for_inference kept only the kernel's layout
+            return cpu_kernel.unblock(self.kernel_weight)
+        return self.weight
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return methods.dequantize_int8(self.weight, self.weight_scale, dtype)
+        return methods.dequantize_int8(self.codes(), self.weight_scale, dtype)
 
     def _empty(self, out_features: int, bias: bool) -> Int8Linear:
         return Int8Linear(self.in_features, out_features, bias, self.activations, "meta")
+
+    def _own_kernel(self) -> bool:
+        return (not self.activations and self.weight_scale.device.type == "cpu"
+                and cpu_kernel.supports(self.out_features, self.in_features) and cpu_kernel.available())
+
+    def _kernel_weights(self) -> tuple:
+        if self._kernel is None:
+            if self._own_kernel():
+                weight = self._buffers.get("kernel_weight")
+                blocked = cpu_kernel.block(self.weight) if weight is None else weight
+                bias = None if self.bias is None else self.bias.detach().float().contiguous()
+                self._kernel = ("acik", blocked, self.weight_scale.float().contiguous(), bias)
+            else:  # cast once, not per token (85 casts a decoded token at 124M)
+                self._kernel = ("aten", self.weight, self.weight_scale.to(KERNEL_DTYPE), None)
+        return self._kernel
+
+    def for_inference(self) -> None:
+        """Keep only acik's kernel layout (acik.model.inference.optimize: the model will only run forward), so
+        the codes are not held twice."""
+        if "weight" in self._buffers and self._own_kernel():
+            self.register_buffer("kernel_weight", self._kernel_weights()[1], persistent=False)
+            del self._buffers["weight"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self._kernel or self._kernel_weights()
+        if kernel[0] == "acik" and not (x.requires_grad and torch.is_grad_enabled()):
+            return cpu_kernel.int8_matmul(x, *kernel[1:])  # adds the bias too
+        return super().forward(x)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         flat = _flat(x)
@@ -158,17 +193,18 @@ class Int8Linear(QuantLinear):
                 xq = F.pad(xq, (0, 0, 0, 17 - rows))
             y = torch._int_mm(xq, self.weight.t())[:rows].float() * xs * self.weight_scale
         else:
-            if self._kernel_scale is None:  # cast once, not per token (85 casts a decoded token at 124M)
-                self._kernel_scale = self.weight_scale.to(KERNEL_DTYPE)
-            y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), self.weight, self._kernel_scale)
+            kind, weight, scale, _ = self._kernel_weights()
+            if kind == "acik":
+                return cpu_kernel.int8_matmul(x, weight, scale)
+            y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), weight, scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _apply(self, fn, recurse=True):
-        self._kernel_scale = None
+        self._kernel = None
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._kernel_scale = None
+        self._kernel = None
         return super()._load_from_state_dict(*args, **kwargs)
 
 

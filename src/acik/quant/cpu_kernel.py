@@ -1,0 +1,167 @@
+"""acik's own int8 weight-only matmul for x86-64 CPUs (int8_matmul.c), built on first use.
+
+`_weight_int8pack_mm` reads int8 weights at about a third of this project's CPU's memory speed, so int8
+decode was barely faster than bf16. The C kernel multiplies int8 weights by int16-quantized activations
+with AVX-512 VNNI (or AVX2) integer dot products over a blocked weight layout, about twice as fast at
+every batch size measured (docs/quantization.md "Kernels").
+
+It is compiled once per machine with the C compiler `torch.compile` also needs on CPU (`$CC`, else `cc`),
+for this CPU (`-march=native`), and cached under `$XDG_CACHE_HOME/acik/kernels` (~/.cache). It links the
+OpenMP runtime torch loaded, so both share one pool of worker threads (two pools on two cores slow every
+parallel region down: acik.engine.openmp). Where it cannot be built (no compiler, no AVX2, not Linux
+x86-64, torch without OpenMP) or `ACIK_CPU_KERNELS=0`, `available()` is False and Int8Linear keeps using
+PyTorch's kernel. `ACIK_CPU_KERNEL_MARCH` overrides `-march` (the tests build the AVX2 path this way).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("int8_matmul.c")
+log = logging.getLogger(__name__)
+
+
+def _openmp_runtime() -> tuple[str, str] | None:
+    """(folder, file) of the libgomp bundled with torch, or None where torch uses the system's."""
+    here = os.path.join(os.path.dirname(torch.__file__), "lib")
+    found = sorted(glob.glob(os.path.join(here, "libgomp*.so*")))
+    return (here, os.path.basename(found[0])) if found else None
+
+
+def _command(march: str, out: str) -> list[str]:
+    cmd = [os.environ.get("CC", "cc"), "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(SOURCE),
+           "-o", out]
+    runtime = _openmp_runtime()
+    if runtime is not None:
+        cmd += [f"-L{runtime[0]}", f"-l:{runtime[1]}", f"-Wl,-rpath,{runtime[0]}"]
+    return cmd
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "acik" / "kernels"
+
+
+@functools.cache
+def _library(march: str) -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    # One build per source, flags and CPU: -march=native compiles for the machine it runs on.
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(_command(march, "")).encode())
+    if march == "native":
+        key.update(Path("/proc/cpuinfo").read_text().split("\n\n")[0].encode() if os.path.exists("/proc/cpuinfo")
+                   else b"")
+    path = _cache_dir() / f"int8_matmul-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folder = str(path.parent)
+        except OSError:
+            folder = tempfile.mkdtemp(prefix="acik-kernels-")
+            path = Path(folder) / path.name
+        tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False).name
+        try:
+            result = subprocess.run(_command(march, tmp), capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            os.unlink(tmp)
+            log.info("acik's int8 CPU kernel not built (%s); using PyTorch's int8 kernel", err)
+            return None
+        if result.returncode != 0:
+            os.unlink(tmp)
+            log.info("acik's int8 CPU kernel not built; using PyTorch's int8 kernel:\n%s", result.stderr[-2000:])
+            return None
+        os.replace(tmp, path)  # atomic: a concurrent build or reader sees a whole file or none
+    lib = ctypes.CDLL(str(path))
+    lib.acik_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
+    lib.acik_int8_matmul.restype = ctypes.c_int
+    lib.acik_int8_isa.restype = ctypes.c_int
+    return lib
+
+
+_KERNEL: list = [None]  # the loaded acik_int8_matmul, looked up once rather than per call
+
+
+def library() -> ctypes.CDLL | None:
+    """The built kernel for this machine, or None where it cannot be used."""
+    if os.environ.get("ACIK_CPU_KERNELS", "1") == "0":
+        return None
+    lib = _library(os.environ.get("ACIK_CPU_KERNEL_MARCH", "native"))
+    if lib is not None:
+        _KERNEL[0] = lib.acik_int8_matmul
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def isa() -> str | None:
+    """Which instruction set the kernel was built for: "avx512-vnni", "avx2", or None."""
+    lib = library()
+    return None if lib is None else {512: "avx512-vnni", 256: "avx2"}[lib.acik_int8_isa()]
+
+
+def supports(out_features: int, in_features: int) -> bool:
+    return out_features % 16 == 0 and in_features % 2 == 0
+
+
+def block(weight: torch.Tensor) -> torch.Tensor:
+    """int8 [out, in] -> the kernel's layout [out/16, in/2, 16, 2] (blocks of 16 outputs x 2 inputs)."""
+    n, k = weight.shape
+    return weight.reshape(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def unblock(blocked: torch.Tensor) -> torch.Tensor:
+    """The inverse of `block`: int8 [out, in]."""
+    nb, kp = blocked.shape[:2]
+    return blocked.permute(0, 2, 1, 3).reshape(nb * 16, kp * 2)
+
+
+def _matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # A decode step makes ~50-85 of these calls, so this path avoids every tensor operation it can.
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        return _matmul(x.float(), blocked, scale, bias).to(x.dtype)
+    if not x.is_contiguous():
+        x = x.contiguous()
+    n, k = blocked.shape[0] * 16, x.shape[-1]
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    rows = x.numel() // k
+    if rows and _KERNEL[0](blocked.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
+                           y.data_ptr(), rows, n, k, x.dtype == torch.bfloat16, torch.get_num_threads()):
+        raise MemoryError("acik's int8 kernel could not allocate its activation buffer")
+    return y
+
+
+@torch.library.custom_op("acik::int8_matmul", mutates_args=())
+def _int8_matmul_op(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    return _matmul(x, blocked, scale, bias)
+
+
+@_int8_matmul_op.register_fake
+def _(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], blocked.shape[0] * 16)
+
+
+def int8_matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ (codes * scale)^T + bias, with `blocked` = block(codes) int8, `scale` and `bias` fp32
+    [out], all on CPU; x fp32 or bf16 (others compute in fp32). Call only where `available()`."""
+    if torch.compiler.is_compiling():  # opaque to inductor, which fuses around it
+        return _int8_matmul_op(x, blocked, scale, bias)
+    return _matmul(x, blocked, scale, bias)  # eager: the direct call skips the dispatcher's few µs
