@@ -869,11 +869,14 @@ def quant_method(method: str):
     ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         cpu = acik.load(path, device="cpu", dtype="bfloat16", quantize=method).model(ids)
+        cpu_dense = acik.load(path, device="cpu", dtype="bfloat16").model(ids)
         ids = ids.to(DEV)
         ref = acik.load(path, device=str(DEV), dtype="bfloat16").model(ids)
         llm = acik.load(path, device=str(DEV), dtype="bfloat16", quantize=method)
         got = llm.model(ids)
     s, vs_cpu = stats_logits(got, ref), stats_logits(got, cpu)
+    # bf16 logits differ between CPU and CUDA kernels even unquantized; that difference sets the bar.
+    dense_gap = stats_logits(ref, cpu_dense)["rel"]
     failed = []
 
     def attempt(label, fn):
@@ -902,12 +905,13 @@ def quant_method(method: str):
     attempt("1-token forward", one_token)
     attempt("generate", generate)
     rt = attempt("save/load", round_trip)
-    ok = vs_cpu["rel"] <= 2e-2 and not failed and rt == 0
-    numbers = (f"vs CPU quantized: rel ‖Δ‖ {vs_cpu['rel']:.1e}; vs unquantized: rel ‖Δ‖ {s['rel']:.2f}, argmax "
-               f"{s['argmax_agree']:.0%}; " + ("; ".join(failed) if failed else "1-token forward, generate ran") +
+    ok = vs_cpu["rel"] <= max(2e-2, 2 * dense_gap) and not failed and rt == 0
+    numbers = (f"vs CPU quantized: rel ‖Δ‖ {vs_cpu['rel']:.1e} (unquantized CPU vs CUDA: {dense_gap:.1e}); "
+               f"vs unquantized: rel ‖Δ‖ {s['rel']:.2f}, argmax {s['argmax_agree']:.0%}; "
+               + ("; ".join(failed) if failed else "1-token forward, generate ran") +
                (f"; save/load maxΔ {rt:.1e}" if rt is not None else ""))
-    return ("PASS" if ok else "WARN"), numbers, {"vs_unquantized": s, "vs_cpu": vs_cpu, "round_trip_max_abs": rt,
-                                                 "failed": failed}
+    return ("PASS" if ok else "WARN"), numbers, {"vs_unquantized": s, "vs_cpu": vs_cpu, "dense_cpu_vs_cuda": dense_gap,
+                                                 "round_trip_max_abs": rt, "failed": failed}
 
 
 def section_quant() -> None:

@@ -202,7 +202,7 @@ def throughput(cfg, batch: int, seq: int, steps: int, repeats: int, with_compile
     return out
 
 
-def bench_b(steps: int, repeats: int, with_compile: bool, with_bf16: bool = False) -> list[tuple]:
+def bench_b(steps: int, repeats: int, with_compile: bool, with_bf16: bool = False, device: str = "cpu") -> list[tuple]:
     from acik.config import ModelConfig
     from acik.model import Transformer
 
@@ -213,7 +213,7 @@ def bench_b(steps: int, repeats: int, with_compile: bool, with_bf16: bool = Fals
     n = f"{sum(p.numel() for p in Transformer(cfg).parameters()) / 1e6:.1f}M"
     rows = []
     for bf16 in (False, True) if with_bf16 else (False,):
-        res = throughput(cfg, batch, seq, steps, repeats, with_compile, bf16_autocast=bf16)
+        res = throughput(cfg, batch, seq, steps, repeats, with_compile, device=device, bf16_autocast=bf16)
         h, tag = res["hf"], " (bf16 autocast)" if bf16 else ""
         rows.append((f"acik Transformer + fused AdamW{tag}", n, f"{batch}x{seq}", f"{res['acik']:,.0f}",
                      f"{res['acik'] / h:.2f}x"))
@@ -277,6 +277,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time acik with torch.compile in (b)")
     p.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast in (b)")
+    p.add_argument("--device", default="cpu", help="where (b) runs: cpu (default) or cuda")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--skip-b", action="store_true")
     p.add_argument("--moe-run", help="(c) elastic-experts table for a run of recipes/small-moe.yaml")
@@ -290,7 +291,7 @@ def main() -> None:
         print(table(("trainer", "steps", "seconds", "batch", "context", "val loss"), bench_a(args.budget)))
     if not args.skip_b:
         print("\n(b) training throughput, same Llama config (median of alternating runs)\n")
-        rows = bench_b(args.steps, args.repeats, args.compile, args.bf16)
+        rows = bench_b(args.steps, args.repeats, args.compile, args.bf16, args.device)
         print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), rows))
     if args.moe_run:
         print("\n(c) elastic experts: validation perplexity and forward tokens/s\n")

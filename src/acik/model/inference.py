@@ -130,7 +130,7 @@ def optimize(model: nn.Module) -> dict[str, int]:
                 if can_pack(child) and not (adapter and name != "base_layer"):
                     setattr(module, name, PackedLinear(child))
                     done["packed"] += 1
-                elif type(child) is RMSNorm:
+                elif type(child) is RMSNorm and child.weight.device.type == "cpu":  # a CPU operator-count fix
                     setattr(module, name, RMSNormAsLayerNorm(child))
                     done["norms"] += 1
         for module in model.modules():
