@@ -235,9 +235,9 @@ def test_int4_kernel_used_and_fallback_for_odd_widths():
     assert layer._kernel is not None
 
 
-needs_int8_kernel = pytest.mark.skipif(
+needs_cpu_kernels = pytest.mark.skipif(
     not cpu_kernel.available(),
-    reason="acik's int8 CPU kernel cannot be built here (it needs Linux x86-64 with AVX2, a C compiler, OpenMP torch)")
+    reason="acik's CPU kernels cannot be built here (they need Linux x86-64 with AVX2, a C compiler, OpenMP torch)")
 
 
 def test_int8_kernel_layout_round_trips():
@@ -247,7 +247,7 @@ def test_int8_kernel_layout_round_trips():
     assert torch.equal(cpu_kernel.unblock(blocked), codes)
 
 
-@needs_int8_kernel
+@needs_cpu_kernels
 @pytest.mark.parametrize("march", ["native", "haswell"])  # this CPU's path (AVX-512 VNNI here) and the AVX2 one
 def test_int8_kernel_matches_the_dequantized_reference(march, monkeypatch):
     """acik's int8 kernel against the float64 matmul with the dequantized weight: fp32 to 1e-4 of the largest
@@ -279,7 +279,64 @@ def test_int8_kernel_matches_the_dequantized_reference(march, monkeypatch):
         torch.set_num_threads(threads)
 
 
-@needs_int8_kernel
+def test_int4_kernel_layout():
+    codes = torch.randint(0, 16, (32, 64), dtype=torch.uint8)
+    scale, zero = torch.rand(32, 2).half(), (torch.rand(32, 2) * 15).half()
+    packed, so = cpu_kernel.block_int4(codes, scale, zero)
+    assert packed.shape == (2, 8, 16, 4) and so.shape == (2, 2, 2, 16) and so.dtype == torch.float16
+    # block 1, inputs 16-23, output 16 + 5: byte t holds inputs 16 + t (low nibble) and 20 + t (high)
+    assert torch.equal(packed[1, 2, 5] & 15, codes[21, 16:20]) and torch.equal(packed[1, 2, 5] >> 4, codes[21, 20:24])
+    assert torch.equal(so[1, 1, 0, 5], scale[21, 1]) and torch.equal(so[1, 1, 1, 5], zero[21, 1])
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("march", ["native", "haswell"])
+def test_int4_kernel_matches_the_dequantized_reference(march, monkeypatch):
+    """acik's int4 kernel against the float64 matmul with the dequantized weight, for round-to-nearest and HQQ's
+    fractional zero points, groups of 32/64/128, block counts with tails, 0-9 rows, one and two threads."""
+    monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
+    assert cpu_kernel.isa() in (("avx2",) if march == "haswell" else ("avx2", "avx512-vnni"))
+    g = torch.Generator().manual_seed(1)
+    threads = torch.get_num_threads()
+    try:
+        for (n, k, group), rows, dtype, hqq, nthreads in [
+            ((176, 320, 32), 1, torch.float32, False, 2), ((176, 256, 64), 5, torch.bfloat16, True, 2),
+            ((16, 128, 128), 3, torch.float32, True, 2), ((80, 384, 64), 9, torch.float32, False, 1),
+            ((64, 64, 32), 0, torch.float32, False, 2),
+        ]:
+            torch.set_num_threads(nthreads)
+            w = torch.randn(n, k, generator=g)
+            codes, scale, zero = (methods.quantize_int4_hqq if hqq else methods.quantize_int4)(w, group)
+            packed, so = cpu_kernel.block_int4(codes, scale, zero)
+            bias = torch.randn(n, generator=g)
+            x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) * 3).to(dtype)
+            y = cpu_kernel.int4_matmul(x, packed, so, group, bias)
+            ref = torch.nn.functional.linear(x.double(), methods.dequantize_int4(codes, scale, zero).double(),
+                                             bias.double())
+            assert y.dtype == dtype and y.shape == (rows, n)
+            if rows:
+                tol = (1e-4 if dtype == torch.float32 else 1e-2) * ref.abs().max().item()
+                assert (y.double() - ref).abs().max().item() <= tol, (n, k, group, rows, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_cpu_kernels
+def test_int4_layer_uses_acik_kernel_and_falls_back(monkeypatch):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 48)
+    x = torch.randn(2, 3, 128)
+    layer = Int4Linear.from_linear(lin, 32)
+    ref = torch.nn.functional.linear(x, layer.dequantize(), lin.bias)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref, atol=1e-4) and layer._kernel[0] == "acik"
+    monkeypatch.setenv("ACIK_CPU_KERNELS", "0")  # PyTorch's kernel (bf16 activations and scales)
+    layer = Int4Linear.from_linear(lin, 32)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref, atol=3e-2) and layer._kernel[0] == "aten"
+
+
+@needs_cpu_kernels
 def test_int8_kernel_propagates_nan_and_inf():
     codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
     x = torch.randn(3, 64)
@@ -289,7 +346,7 @@ def test_int8_kernel_propagates_nan_and_inf():
     assert y[0].isfinite().all() and y[1].isnan().all() and y[2].isnan().all()
 
 
-@needs_int8_kernel
+@needs_cpu_kernels
 def test_int8_kernel_shares_torchs_openmp_runtime():
     """The kernel links the OpenMP runtime torch loaded: a second one would run a second pool of threads, which
     on few cores slows every parallel region (acik.engine.openmp)."""
@@ -299,7 +356,7 @@ def test_int8_kernel_shares_torchs_openmp_runtime():
     assert len(runtimes) == 1, runtimes
 
 
-@needs_int8_kernel
+@needs_cpu_kernels
 def test_int8_layer_uses_acik_kernel_and_falls_back(monkeypatch):
     torch.manual_seed(0)
     lin = torch.nn.Linear(128, 48)
@@ -320,17 +377,19 @@ def test_int8_layer_uses_acik_kernel_and_falls_back(monkeypatch):
 
 
 @pytest.mark.slow
-@needs_int8_kernel
-def test_int8_kernel_under_torch_compile():
-    """Compiled, the kernel is an opaque operator (acik::int8_matmul) inside one graph: same outputs as eager."""
+@needs_cpu_kernels
+def test_cpu_kernels_under_torch_compile():
+    """Compiled, the kernels are opaque operators (acik::int8_matmul, acik::int4_matmul) inside one graph: the
+    same outputs as eager."""
     torch._dynamo.reset()
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32))
     quantize_model(model, "int8", skip=[])
+    model[2] = Int4Linear.from_linear(torch.nn.Linear(96, 32), 32)
     x = torch.randn(3, 64)
     with torch.no_grad():
         want = model(x)
         got = torch.compile(model, fullgraph=True)(x)
-    assert model[0]._kernel[0] == "acik"
+    assert model[0]._kernel[0] == "acik" and model[2]._kernel[0] == "acik"
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -1,9 +1,9 @@
-"""acik's own int8 weight-only matmul for x86-64 CPUs (int8_matmul.c), built on first use.
+"""acik's own weight-only int8 and int4 matmuls for x86-64 CPUs (cpu_matmul.c), built on first use.
 
-`_weight_int8pack_mm` reads int8 weights at about a third of this project's CPU's memory speed, so int8
-decode was barely faster than bf16. The C kernel multiplies int8 weights by int16-quantized activations
-with AVX-512 VNNI (or AVX2) integer dot products over a blocked weight layout, about twice as fast at
-every batch size measured (docs/quantization.md "Kernels").
+PyTorch's `_weight_int8pack_mm` reads int8 weights at about a third of this project's CPU's memory speed,
+so int8 decode was barely faster than bf16, and its int4 kernel is compute-bound. The C kernels multiply the
+weights by int16-quantized activations with AVX-512 VNNI (or AVX2) integer dot products over blocked
+weight layouts (docs/quantization.md "acik's CPU kernels").
 
 It is compiled once per machine with the C compiler `torch.compile` also needs on CPU (`$CC`, else `cc`),
 for this CPU (`-march=native`), and cached under `$XDG_CACHE_HOME/acik/kernels` (~/.cache). It links the
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("int8_matmul.c")
+SOURCE = Path(__file__).with_name("cpu_matmul.c")
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +66,7 @@ def _library(march: str) -> ctypes.CDLL | None:
     if march == "native":
         key.update(Path("/proc/cpuinfo").read_text().split("\n\n")[0].encode() if os.path.exists("/proc/cpuinfo")
                    else b"")
-    path = _cache_dir() / f"int8_matmul-{key.hexdigest()[:16]}.so"
+    path = _cache_dir() / f"cpu_matmul-{key.hexdigest()[:16]}.so"
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,11 +89,13 @@ def _library(march: str) -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(path))
     lib.acik_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     lib.acik_int8_matmul.restype = ctypes.c_int
+    lib.acik_int4_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    lib.acik_int4_matmul.restype = ctypes.c_int
     lib.acik_int8_isa.restype = ctypes.c_int
     return lib
 
 
-_KERNEL: list = [None]  # the loaded acik_int8_matmul, looked up once rather than per call
+_KERNEL: list = [None, None]  # the loaded acik_int8_matmul and acik_int4_matmul, looked up once, not per call
 
 
 def library() -> ctypes.CDLL | None:
@@ -102,7 +104,7 @@ def library() -> ctypes.CDLL | None:
         return None
     lib = _library(os.environ.get("ACIK_CPU_KERNEL_MARCH", "native"))
     if lib is not None:
-        _KERNEL[0] = lib.acik_int8_matmul
+        _KERNEL[:] = [lib.acik_int8_matmul, lib.acik_int4_matmul]
     return lib
 
 
@@ -116,8 +118,11 @@ def isa() -> str | None:
     return None if lib is None else {512: "avx512-vnni", 256: "avx2"}[lib.acik_int8_isa()]
 
 
-def supports(out_features: int, in_features: int) -> bool:
-    return out_features % 16 == 0 and in_features % 2 == 0
+def supports(out_features: int, in_features: int, group_size: int | None = None) -> bool:
+    """Whether the int8 kernel (group_size None) or the int4 kernel takes a layer of this shape."""
+    if group_size is None:
+        return out_features % 16 == 0 and in_features % 2 == 0
+    return out_features % 16 == 0 and group_size % 8 == 0 and in_features % group_size == 0
 
 
 def block(weight: torch.Tensor) -> torch.Tensor:
@@ -141,8 +146,9 @@ def _matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: t
     n, k = blocked.shape[0] * 16, x.shape[-1]
     y = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
     rows = x.numel() // k
-    if rows and _KERNEL[0](blocked.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
-                           y.data_ptr(), rows, n, k, x.dtype == torch.bfloat16, torch.get_num_threads()):
+    kernel = _KERNEL[0] or library().acik_int8_matmul
+    if rows and kernel(blocked.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
+                       y.data_ptr(), rows, n, k, x.dtype == torch.bfloat16, torch.get_num_threads()):
         raise MemoryError("acik's int8 kernel could not allocate its activation buffer")
     return y
 
@@ -165,3 +171,51 @@ def int8_matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor,
     if torch.compiler.is_compiling():  # opaque to inductor, which fuses around it
         return _int8_matmul_op(x, blocked, scale, bias)
     return _matmul(x, blocked, scale, bias)  # eager: the direct call skips the dispatcher's few µs
+
+
+def block_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int4 codes uint8 0..15 [out, in] with fp16 scale and zero [out, in/group] (w = (code - zero) * scale) ->
+    the kernel's layout: uint8 [out/16, in/8, 16, 4] (byte 4j + t: output j's codes for inputs t and 4 + t of
+    each 8, low and high nibble) and fp16 [out/16, groups, 2, 16] (scale, then zero: as stored, no bigger)."""
+    n, k = codes.shape
+    c = codes.to(torch.uint8).reshape(n // 16, 16, k // 8, 2, 4)
+    packed = (c[:, :, :, 0] | (c[:, :, :, 1] << 4)).permute(0, 2, 1, 3).contiguous()
+    so = torch.stack([scale.half(), zero.half()], dim=-1).reshape(n // 16, 16, -1, 2).permute(0, 2, 3, 1).contiguous()
+    return packed, so
+
+
+def _matmul4(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size: int,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        return _matmul4(x.float(), packed, so, group_size, bias).to(x.dtype)
+    if not x.is_contiguous():
+        x = x.contiguous()
+    n, k = packed.shape[0] * 16, x.shape[-1]
+    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    rows = x.numel() // k
+    kernel = _KERNEL[1] or library().acik_int4_matmul
+    if rows and kernel(packed.data_ptr(), so.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
+                       y.data_ptr(), rows, n, k, group_size, x.dtype == torch.bfloat16, torch.get_num_threads()):
+        raise MemoryError("acik's int4 kernel could not allocate its activation buffers")
+    return y
+
+
+@torch.library.custom_op("acik::int4_matmul", mutates_args=())
+def _int4_matmul_op(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size: int,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    return _matmul4(x, packed, so, group_size, bias)
+
+
+@_int4_matmul_op.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size: int,
+      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0] * 16)
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ dequantized^T + bias, with (packed, so) = block_int4(...) and `bias` fp32 [out], all on
+    CPU; x fp32 or bf16 (others compute in fp32). Call only where `available()`."""
+    if torch.compiler.is_compiling():
+        return _int4_matmul_op(x, packed, so, group_size, bias)
+    return _matmul4(x, packed, so, group_size, bias)

@@ -1,0 +1,404 @@
+/* Weight-only int8 and int4 matmuls for x86-64 CPUs, for acik's Int8Linear and Int4Linear. This first part:
+   int8, y = x @ (w * w_scale)^T + bias; int4 follows below.
+
+   Why: a decode step reads every weight once for one row of activations, so its speed is how fast the
+   weights stream from memory. PyTorch's `_weight_int8pack_mm` converts each int8 weight to float before
+   multiplying and reads the weights at about a third of this machine's memory speed; it ran int8 decode
+   barely faster than bf16 (docs/benchmarks.md "Quantization").
+
+   How: each row of x is quantized to int16 with one scale (max |x| / 32767: a finer grid than bf16's
+   8-bit mantissa for every value above 1/128 of the row's largest), and the weights are multiplied as
+   integers: AVX-512 VNNI's vpdpwssd (or AVX2's vpmaddwd) takes 16 (8) outputs' pairs of int16 weights
+   times one broadcast pair of activations, accumulating in int32. Partial sums go to float every
+   CHUNK pairs, before 2 * CHUNK * 127 * 32767 could overflow int32.
+
+   Layout: the weights are re-laid once (acik.quant.cpu_kernel.block) in blocks of 16 outputs x 2
+   inputs, 32 bytes: block (b, p) holds w[16b .. 16b+15, 2p .. 2p+1] at byte (b * K/2 + p) * 32, output-
+   major inside. A tile of NB consecutive blocks reads NB sequential streams.
+
+   Threads: the caller's OpenMP team (this library links the OpenMP runtime torch loaded, so one pool
+   serves both); each thread takes a contiguous range of blocks. */
+
+#include <immintrin.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define ISA 512
+#elif defined(__AVX2__)
+#define ISA 256
+#else
+#error "acik's int8 kernel needs AVX2 or AVX-512 VNNI"
+#endif
+
+#define CHUNK 128
+#define MAX_R 4
+#define MAX_NB 8
+#define INLINE static inline __attribute__((always_inline))
+
+int acik_int8_isa(void) { return ISA; }
+
+/* Rows [r, 16 * NB outputs] of partial sums over k-pairs [p0, p1), added into part (fp32). */
+INLINE void chunk(const int8_t *w, size_t KP, const int32_t *a, size_t lda, size_t p0, size_t p1, float *part,
+                  const int R, const int NB) {
+#if ISA == 512
+    __m512i acc[MAX_R][MAX_NB];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) acc[r][j] = _mm512_setzero_si512();
+    for (size_t p = p0; p < p1; p++) {
+        __m512i wv[MAX_NB];
+        for (int j = 0; j < NB; j++)
+            wv[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (j * KP + p) * 32)));
+        for (int r = 0; r < R; r++) {
+            __m512i av = _mm512_set1_epi32(a[r * lda + p]);
+            for (int j = 0; j < NB; j++) acc[r][j] = _mm512_dpwssd_epi32(acc[r][j], wv[j], av);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) {
+            float *out = part + (r * NB + j) * 16;
+            _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_cvtepi32_ps(acc[r][j])));
+        }
+#else
+    __m256i acc[MAX_R][2 * MAX_NB]; /* [r][2j]: outputs 0-7 of block j, [r][2j+1]: outputs 8-15 */
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 2 * NB; j++) acc[r][j] = _mm256_setzero_si256();
+    for (size_t p = p0; p < p1; p++) {
+        __m256i wv[2 * MAX_NB];
+        for (int j = 0; j < NB; j++) {
+            const int8_t *src = w + (j * KP + p) * 32;
+            wv[2 * j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)src));
+            wv[2 * j + 1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + 16)));
+        }
+        for (int r = 0; r < R; r++) {
+            __m256i av = _mm256_set1_epi32(a[r * lda + p]);
+            for (int j = 0; j < 2 * NB; j++) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(wv[j], av));
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < 2 * NB; j++) {
+            float *out = part + (r * NB) * 16 + j * 8;
+            _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), _mm256_cvtepi32_ps(acc[r][j])));
+        }
+#endif
+}
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                 /* round to nearest even */
+}
+
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* R rows x NB blocks: sum over all of K, then scale, add bias and store in y's dtype. */
+INLINE void tile(const int8_t *w, size_t KP, const int32_t *a, const float *ascale, const float *wscale,
+                 const float *bias, void *y, size_t ldy, int bf16, const int R, const int NB) {
+    float part[MAX_R * MAX_NB * 16] = {0};
+    for (size_t p0 = 0; p0 < KP; p0 += CHUNK) chunk(w, KP, a, KP, p0, p0 + CHUNK < KP ? p0 + CHUNK : KP, part, R, NB);
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < NB * 16; n++) {
+            float v = part[r * NB * 16 + n] * wscale[n] * ascale[r] + (bias ? bias[n] : 0.f);
+            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
+            else ((float *)y)[r * ldy + n] = v;
+        }
+}
+
+/* Each instance fixes R and NB at compile time, so the accumulators stay in registers. */
+#define TILE(R, NB) TILE_(R, NB)
+#define TILE_(R, NB)                                                                                         \
+    static void tile_##R##_##NB(const int8_t *w, size_t KP, const int32_t *a, const float *as,              \
+                                const float *ws, const float *b, void *y, size_t ldy, int bf16) {            \
+        tile(w, KP, a, as, ws, b, y, ldy, bf16, R, NB);                                                      \
+    }
+typedef void (*tile_fn)(const int8_t *, size_t, const int32_t *, const float *, const float *, const float *,
+                        void *, size_t, int);
+#if ISA == 512
+#define NB_ONE 8  /* one row: 8 blocks (128 outputs) a tile keep enough loads in flight */
+#define NB_MANY 4 /* up to 4 rows: 4 x 4 accumulators */
+#else
+#define NB_ONE 2 /* AVX2 has 16 registers */
+#define NB_MANY 1
+#endif
+TILE(1, NB_ONE) TILE(1, NB_MANY) TILE(2, NB_MANY) TILE(3, NB_MANY) TILE(4, NB_MANY)
+#if NB_MANY != 1
+TILE(1, 1) TILE(2, 1) TILE(3, 1) TILE(4, 1)
+#endif
+#define NAME(R, NB) tile_##R##_##NB
+#define EXPAND(R, NB) NAME(R, NB)
+
+/* One row of x (fp32 or bf16) to int16 in [-qmax, qmax] with one scale; a row holding inf or NaN gets scale
+   NaN, so its outputs are NaN as a float matmul's would be. */
+static void quantize_row(const void *x, int bf16, size_t K, int16_t *a, float *scale, float qmax) {
+    float amax = 0.f;
+    int finite = 1;
+    for (size_t k = 0; k < K; k++) {
+        float v = bf16 ? from_bf16(((const uint16_t *)x)[k]) : ((const float *)x)[k];
+        finite &= isfinite(v);
+        amax = fmaxf(amax, fabsf(v));
+    }
+    float s = amax > 0.f ? amax / qmax : 1.f, inv = 1.f / s;
+    for (size_t k = 0; k < K; k++) {
+        float v = bf16 ? from_bf16(((const uint16_t *)x)[k]) : ((const float *)x)[k];
+        a[k] = finite ? (int16_t)lrintf(v * inv) : 0;
+    }
+    *scale = finite ? s : NAN;
+}
+
+/* y [M, N] = x [M, K] @ w^T: w blocked as above (N % 16 == 0, K even), w_scale and bias fp32 [N]
+   (bias may be NULL), x and y both fp32 (bf16 = 0) or both bf16 (bf16 = 1), row-major and contiguous.
+   Returns 0, or -1 when out of memory (y is then left unwritten). */
+int acik_int8_matmul(const int8_t *w, const float *wscale, const float *bias, const void *x, void *y, int64_t M,
+                     int64_t N, int64_t K, int bf16, int nthreads) {
+    size_t KP = (size_t)K / 2, nb = (size_t)N / 16, esize = bf16 ? 2 : 4;
+    int16_t *a = malloc((size_t)M * K * sizeof(int16_t) + 64);
+    float *ascale = malloc((size_t)M * sizeof(float) + 64);
+    if (!a || !ascale) {
+        free(a);
+        free(ascale);
+        return -1;
+    }
+    for (int64_t m = 0; m < M; m++) quantize_row((const char *)x + m * K * esize, bf16, K, a + m * K, ascale + m, 32767.f);
+    const int32_t *a32 = (const int32_t *)a; /* pairs of int16, one broadcast each */
+    tile_fn many[MAX_R] = {EXPAND(1, NB_MANY), EXPAND(2, NB_MANY), EXPAND(3, NB_MANY), EXPAND(4, NB_MANY)};
+    tile_fn single[MAX_R] = {NAME(1, 1), NAME(2, 1), NAME(3, 1), NAME(4, 1)};
+    int group = M == 1 ? NB_ONE : NB_MANY;
+    if (nthreads < 1) nthreads = 1;
+    if ((size_t)nthreads > nb) nthreads = (int)nb;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        int t = 0, T = 1;
+#endif
+        size_t b0 = nb * t / T, b1 = nb * (t + 1) / T; /* this thread's blocks */
+        for (size_t b = b0; b < b1;) {
+            int nbg = b1 - b >= (size_t)group ? group : 1;
+            const int8_t *wb = w + b * KP * 32;
+            for (int64_t m = 0; m < M; m += MAX_R) {
+                int R = M - m < MAX_R ? (int)(M - m) : MAX_R;
+                tile_fn fn = nbg == 1 ? single[R - 1] : (M == 1 ? EXPAND(1, NB_ONE) : many[R - 1]);
+                fn(wb, KP, a32 + m * KP, ascale + m, wscale + b * 16, bias ? bias + b * 16 : NULL,
+                   (char *)y + (m * N + b * 16) * esize, N, bf16);
+            }
+            b += nbg;
+        }
+    }
+    free(a);
+    free(ascale);
+    return 0;
+}
+
+/* ---- int4: y = x @ ((q - zero) * scale)^T + bias, asymmetric codes q in 0..15, groups of G inputs ----
+
+   With a = x quantized to int16 per row (scale alpha):
+       y[n] = alpha * sum_groups scale[n,g] * (sum_{k in g} q[n,k] a[k] - zero[n,g] * sum_{k in g} a[k]).
+   The integer sums use vpdpbusd (unsigned 4-bit codes times signed bytes, 4 products per int32 lane;
+   AVX2: vpmaddubsw then vpmaddwd), so each int16 activation is split into two signed bytes,
+   a = 256 * hi + lo, and the code sums with hi and with lo are combined per group (no overflow: at most
+   15 * 128 * 256 each).
+
+   Layout (acik.quant.cpu_kernel.block_int4): blocks of 16 outputs x 8 inputs, 64 bytes: byte 4j + t holds
+   output j's code for input t in its low nibble and for input 4 + t in its high nibble, so masking the low
+   nibbles gives each output's 4 codes for inputs 0-3 in one int32 lane, shifting gives inputs 4-7. Block
+   (b, c) is at byte (b * K/8 + c) * 64. Scales and zero points: fp16 [N/16, K/G, 2, 16]. */
+
+#define MAX_R4 4
+#if ISA == 512
+#define NB4_ONE 4
+#else
+#define NB4_ONE 1
+#endif
+
+INLINE void tile4(const uint8_t *w, size_t KC, const uint16_t *so, size_t groups, size_t gc, const int32_t *alo,
+                  const int32_t *ahi, size_t lda, const float *asum, const float *ascale, const float *bias, void *y,
+                  size_t ldy, int bf16, const int R, const int NB) {
+    /* KC: 8-input chunks in a row; gc: chunks per group; alo/ahi: the activations' low and high bytes, 4 a
+       lane; asum [R][groups]: sum of a over each group. */
+#if ISA == 512
+    __m512 facc[MAX_R4][NB4_ONE];
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) facc[r][j] = _mm512_setzero_ps();
+    for (size_t g = 0; g < groups; g++) {
+        __m512i lo[MAX_R4][NB4_ONE], hi[MAX_R4][NB4_ONE];
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < NB; j++) lo[r][j] = hi[r][j] = _mm512_setzero_si512();
+        for (size_t c = g * gc; c < (g + 1) * gc; c++) {
+            __m512i b[MAX_R4][4];
+            for (int r = 0; r < R; r++) {
+                const int32_t *l = alo + r * lda + 2 * c, *h = ahi + r * lda + 2 * c;
+                b[r][0] = _mm512_set1_epi32(l[0]), b[r][1] = _mm512_set1_epi32(l[1]);
+                b[r][2] = _mm512_set1_epi32(h[0]), b[r][3] = _mm512_set1_epi32(h[1]);
+            }
+            for (int j = 0; j < NB; j++) {
+                __m512i v = _mm512_loadu_si512((const void *)(w + (j * KC + c) * 64));
+                __m512i q0 = _mm512_and_si512(v, nib), q1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+                for (int r = 0; r < R; r++) {
+                    lo[r][j] = _mm512_dpbusd_epi32(lo[r][j], q0, b[r][0]);
+                    lo[r][j] = _mm512_dpbusd_epi32(lo[r][j], q1, b[r][1]);
+#ifndef NOHI
+                    hi[r][j] = _mm512_dpbusd_epi32(hi[r][j], q0, b[r][2]);
+                    hi[r][j] = _mm512_dpbusd_epi32(hi[r][j], q1, b[r][3]);
+#endif
+                }
+            }
+        }
+        for (int j = 0; j < NB; j++) {
+            const uint16_t *s = so + ((size_t)j * groups + g) * 32;
+            __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+            __m512 zr = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 16)));
+            for (int r = 0; r < R; r++) {
+                __m512i sum = _mm512_add_epi32(_mm512_slli_epi32(hi[r][j], 8), lo[r][j]);
+                __m512 t = _mm512_fnmadd_ps(zr, _mm512_set1_ps(asum[r * groups + g]), _mm512_cvtepi32_ps(sum));
+                facc[r][j] = _mm512_fmadd_ps(t, sc, facc[r][j]);
+            }
+        }
+    }
+    float part[MAX_R4 * NB4_ONE * 16];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) _mm512_storeu_ps(part + (r * NB + j) * 16, facc[r][j]);
+#else
+    /* AVX2: a block is two halves of 8 outputs (bytes 0-31 and 32-63); NB is 1. */
+    __m256 facc[MAX_R4][2];
+    const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < R; r++) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
+    for (size_t g = 0; g < groups; g++) {
+        __m256i lo[MAX_R4][2], hi[MAX_R4][2];
+        (void)KC; /* one block a tile: no stride between blocks */
+        for (int r = 0; r < R; r++) lo[r][0] = lo[r][1] = hi[r][0] = hi[r][1] = _mm256_setzero_si256();
+        for (size_t c = g * gc; c < (g + 1) * gc; c++) {
+            for (int half = 0; half < 2; half++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w + c * 64 + half * 32));
+                __m256i q0 = _mm256_and_si256(v, nib), q1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                for (int r = 0; r < R; r++) {
+                    const int32_t *l = alo + r * lda + 2 * c, *h = ahi + r * lda + 2 * c;
+                    __m256i t;
+                    t = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32(l[0])),
+                                         _mm256_maddubs_epi16(q1, _mm256_set1_epi32(l[1])));
+                    lo[r][half] = _mm256_add_epi32(lo[r][half], _mm256_madd_epi16(t, ones));
+                    t = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_set1_epi32(h[0])),
+                                         _mm256_maddubs_epi16(q1, _mm256_set1_epi32(h[1])));
+                    hi[r][half] = _mm256_add_epi32(hi[r][half], _mm256_madd_epi16(t, ones));
+                }
+            }
+        }
+        const uint16_t *s = so + g * 32;
+        for (int half = 0; half < 2; half++) {
+            __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + half * 8)));
+            __m256 zr = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 16 + half * 8)));
+            for (int r = 0; r < R; r++) {
+                __m256i sum = _mm256_add_epi32(_mm256_slli_epi32(hi[r][half], 8), lo[r][half]);
+                __m256 t = _mm256_fnmadd_ps(zr, _mm256_set1_ps(asum[r * groups + g]), _mm256_cvtepi32_ps(sum));
+                facc[r][half] = _mm256_fmadd_ps(t, sc, facc[r][half]);
+            }
+        }
+    }
+    float part[MAX_R4 * 16];
+    for (int r = 0; r < R; r++) {
+        _mm256_storeu_ps(part + r * 16, facc[r][0]);
+        _mm256_storeu_ps(part + r * 16 + 8, facc[r][1]);
+    }
+#endif
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < NB * 16; n++) {
+            float v = part[r * NB * 16 + n] * ascale[r] + (bias ? bias[n] : 0.f);
+            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
+            else ((float *)y)[r * ldy + n] = v;
+        }
+}
+/* (maddubs adds two code x byte products into int16 and the two calls add again: at most 4 * 15 * 128 =
+   7680, well inside int16, so its saturation never triggers.) */
+
+#define TILE4(R, NB) TILE4_(R, NB)
+#define TILE4_(R, NB)                                                                                        \
+    static void tile4_##R##_##NB(const uint8_t *w, size_t KC, const uint16_t *so, size_t groups, size_t gc,     \
+                                 const int32_t *alo, const int32_t *ahi, size_t lda, const float *asum,      \
+                                 const float *as, const float *b, void *y, size_t ldy, int bf16) {           \
+        tile4(w, KC, so, groups, gc, alo, ahi, lda, asum, as, b, y, ldy, bf16, R, NB);                       \
+    }
+typedef void (*tile4_fn)(const uint8_t *, size_t, const uint16_t *, size_t, size_t, const int32_t *, const int32_t *,
+                         size_t, const float *, const float *, const float *, void *, size_t, int);
+TILE4(1, 1) TILE4(2, 1) TILE4(3, 1) TILE4(4, 1)
+#if NB4_ONE != 1
+TILE4(1, NB4_ONE)
+#endif
+#define NAME4(R, NB) tile4_##R##_##NB
+#define EXPAND4(R, NB) NAME4(R, NB)
+
+/* y [M, N] = x [M, K] @ dequantized(w)^T (+ bias): w, so as laid out above (N % 16 == 0, K % group == 0,
+   group % 8 == 0); x and y fp32 (bf16 = 0) or bf16 (bf16 = 1). Returns 0, or -1 when out of memory. */
+int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, const void *x, void *y, int64_t M,
+                     int64_t N, int64_t K, int64_t group, int bf16, int nthreads) {
+    size_t KC = (size_t)K / 8, nb = (size_t)N / 16, groups = (size_t)(K / group), gc = (size_t)group / 8;
+    size_t esize = bf16 ? 2 : 4;
+    /* one allocation: the activations' low and high bytes, each group's sum, each row's scale */
+    char *buf = malloc((size_t)M * (2 * K + (groups + 1) * sizeof(float)) + 64);
+    if (!buf) return -1;
+    int8_t *lo = (int8_t *)buf, *hi = lo + M * K;
+    float *asum = (float *)(hi + M * K), *ascale = asum + M * groups;
+    for (int64_t m = 0; m < M; m++) {
+        const void *row = (const char *)x + m * K * esize;
+        float amax = 0.f;
+        int finite = 1;
+        for (int64_t k = 0; k < K; k++) {
+            float v = bf16 ? from_bf16(((const uint16_t *)row)[k]) : ((const float *)row)[k];
+            finite &= isfinite(v);
+            amax = fmaxf(amax, fabsf(v));
+        }
+        /* 32639 = 127 * 256 + 127: the largest |a| whose two bytes are both signed bytes */
+        float sc = amax > 0.f ? amax / 32639.f : 1.f, inv = 1.f / sc;
+        ascale[m] = finite ? sc : NAN;
+        for (size_t g = 0; g < groups; g++) {
+            int32_t sum = 0;
+            for (size_t k = g * group; k < (g + 1) * group; k++) {
+                float f = bf16 ? from_bf16(((const uint16_t *)row)[k]) : ((const float *)row)[k];
+                int v = finite ? (int)lrintf(f * inv) : 0, h = (v + 128) >> 8;
+                hi[m * K + k] = (int8_t)h;
+                lo[m * K + k] = (int8_t)(v - 256 * h);
+                sum += v;
+            }
+            asum[m * groups + g] = (float)sum;
+        }
+    }
+    tile4_fn rows[MAX_R4] = {tile4_1_1, tile4_2_1, tile4_3_1, tile4_4_1};
+    if (nthreads < 1) nthreads = 1;
+    if ((size_t)nthreads > nb) nthreads = (int)nb;
+    size_t lda = (size_t)K / 4; /* int32 lanes of 4 bytes per row */
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        int t = 0, T = 1;
+#endif
+        size_t b0 = nb * t / T, b1 = nb * (t + 1) / T;
+        for (size_t b = b0; b < b1;) {
+            int nbg = (M == 1 && b1 - b >= (size_t)NB4_ONE) ? NB4_ONE : 1;
+            const uint8_t *wb = w + b * KC * 64;
+            const uint16_t *sb = so + b * groups * 32;
+            for (int64_t m = 0; m < M; m += MAX_R4) {
+                int R = M - m < MAX_R4 ? (int)(M - m) : MAX_R4;
+                tile4_fn fn = nbg == 1 ? rows[R - 1] : EXPAND4(1, NB4_ONE);
+                fn(wb, KC, sb, groups, gc, (const int32_t *)(lo + m * K), (const int32_t *)(hi + m * K), lda,
+                   asum + m * groups, ascale + m, bias ? bias + b * 16 : NULL, (char *)y + (m * N + b * 16) * esize, N,
+                   bf16);
+            }
+            b += nbg;
+        }
+    }
+    free(buf);
+    return 0;
+}
