@@ -137,6 +137,16 @@ def unblock(blocked: torch.Tensor) -> torch.Tensor:
     return blocked.permute(0, 2, 1, 3).reshape(nb * 16, kp * 2)
 
 
+def _empty_out(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x.shape[:-1] + (n,), allocated with plain integer sizes: 1 µs less than a shape tuple, per matmul."""
+    shape = x.shape
+    if len(shape) == 3:
+        return torch.empty(shape[0], shape[1], n, dtype=x.dtype)
+    if len(shape) == 2:
+        return torch.empty(shape[0], n, dtype=x.dtype)
+    return torch.empty((*shape[:-1], n), dtype=x.dtype)
+
+
 def _matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     # A decode step makes ~50-85 of these calls, so this path avoids every tensor operation it can.
     if x.dtype not in (torch.float32, torch.bfloat16):
@@ -144,7 +154,7 @@ def _matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: t
     if not x.is_contiguous():
         x = x.contiguous()
     n, k = blocked.shape[0] * 16, x.shape[-1]
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    y = _empty_out(x, n)
     rows = x.numel() // k
     kernel = _KERNEL[0] or library().acik_int8_matmul
     if rows and kernel(blocked.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
@@ -191,7 +201,7 @@ def _matmul4(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size
     if not x.is_contiguous():
         x = x.contiguous()
     n, k = packed.shape[0] * 16, x.shape[-1]
-    y = torch.empty((*x.shape[:-1], n), dtype=x.dtype)
+    y = _empty_out(x, n)
     rows = x.numel() // k
     kernel = _KERNEL[1] or library().acik_int4_matmul
     if rows and kernel(packed.data_ptr(), so.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
