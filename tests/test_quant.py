@@ -336,6 +336,22 @@ def test_int4_layer_uses_acik_kernel_and_falls_back(monkeypatch):
         assert torch.allclose(layer(x), ref, atol=3e-2) and layer._kernel[0] == "aten"
 
 
+def test_cpu_kernels_without_a_compiler_fall_back(monkeypatch, tmp_path, caplog):
+    """No C compiler: no kernel (logged), and the layers run PyTorch's kernels instead of failing."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with caplog.at_level("INFO", logger="acik.quant.cpu_kernel"):
+        assert cpu_kernel._library.__wrapped__("native") is None
+    if cpu_kernel.platform.machine() in ("x86_64", "AMD64") and "OpenMP" in torch.__config__.parallel_info():
+        assert "not built" in caplog.text
+    assert not list(tmp_path.glob("acik/kernels/*.so"))  # nothing half-written left behind
+    monkeypatch.setattr(cpu_kernel, "library", lambda: None)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    with torch.no_grad():
+        layer(torch.randn(2, 64))
+    assert layer._kernel[0] == "aten"
+
+
 @needs_cpu_kernels
 def test_int8_kernel_propagates_nan_and_inf():
     codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)

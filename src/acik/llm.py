@@ -32,7 +32,7 @@ class LLM:
         `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
         forward; a dense MoE checkpoint is quantised at load). `quantize`: an `acik.quant` method
         (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size` and `skip`
-        (default `acik.quant.default_skip(method)`: the output head stays unquantized); a
+        (default `acik.quant.default_skip(method)`: int8 quantizes the output head, the others keep it); a
         directory written by `acik quantize` loads quantized by itself. `adapter`: a LoRA adapter
         directory (PEFT format) applied unmerged on top of the (possibly quantized) base. `optimize`:
         rewrite the model for inference only, faster but no longer trainable or savable (see `optimize`)."""
