@@ -59,13 +59,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ACIK_SHARED_DATA", ROOT.parent / "shared" / "data")) / "wikitext-2"
 CACHE = ROOT / ".cache" / "bench-quant"
 METHODS = [("int8", None), ("int4", 64), ("int4-hqq", 64), ("nf4", 64), ("mxfp4", None), ("w8a8", None)]
-# Non-default head choices, measured after the defaults: int8 keeping its head in bf16 (what vLLM needs),
-# int4 quantizing it too.
-VARIANTS = [("int8", None, ["lm_head"]), ("int4", 64, [])]
+# Non-default head choices (method, group, skip, head), measured after the defaults: int8 keeping its head in
+# bf16 (what vLLM needs), int4 with an int8 head (`--head int8`, llama.cpp's choice) and with an int4 one.
+VARIANTS = [("int8", None, ["lm_head"], None), ("int4", 64, None, "int8"), ("int4", 64, [], None)]
 
 
-def label(method: str, group: int | None, skip: list[str] | None = None) -> str:
+def label(method: str, group: int | None, skip: list[str] | None = None, head: str | None = None) -> str:
     name = f"acik {method}" + (f"-g{group}" if group else "")
+    if head:
+        return name + f" (lm_head {head})"
     if skip is None or skip == default_skip(method):
         return name
     if not skip:
@@ -73,12 +75,13 @@ def label(method: str, group: int | None, skip: list[str] | None = None) -> str:
     return name + (" (lm_head kept)" if skip == ["lm_head"] else f" (--skip {','.join(skip)})")
 
 
-def quantized(base: torch.nn.Module, method: str, group: int | None, skip: list[str] | None = None):
+def quantized(base: torch.nn.Module, method: str, group: int | None, skip: list[str] | None = None,
+              head: str | None = None):
     """Quantize a copy of the fp32 `base`, then cast what stays unquantized to bf16 (the quantized
     layers keep their codes and scales as they are). -> (model, seconds spent quantizing)."""
     m = copy.deepcopy(base).float()
     t0 = time.perf_counter()
-    quantize_model(m, method, group, skip)
+    quantize_model(m, method, group, skip, head)
     took = time.perf_counter() - t0
     return m.to(torch.bfloat16), took
 
@@ -194,12 +197,12 @@ def quality(args) -> list[tuple]:
     add("bf16", copy.deepcopy(base.model).to(torch.bfloat16))
     # A head tied to the embeddings is never quantized, so the head variants only differ when it is untied.
     variants = [] if base.config.tie_word_embeddings else [v for v in VARIANTS if v[0] == "int8"]
-    for method, group, skip in [(m, g, None) for m, g in METHODS] + variants:
+    for method, group, skip, head in [(m, g, None, None) for m, g in METHODS] + variants:
         if method not in args.methods:
             continue
-        q, took = quantized(base.model, method, group, skip)
+        q, took = quantized(base.model, method, group, skip, head)
         s = quantization_summary(q)
-        add(label(method, group, skip), q, f"{s['bits_per_weight']:.2f} bits/weight, quantized in {took:.1f}s")
+        add(label(method, group, skip, head), q, f"{s['bits_per_weight']:.2f} bits/weight, quantized in {took:.1f}s")
     for name, fn, note in [("hqq package 4-bit g64", hqq_peer, "hqq defaults (optimize, early stop)"),
                            ("bitsandbytes nf4 b64", bnb_peer, "fp32 absmax, no double quant")]:
         try:
@@ -294,23 +297,24 @@ def speed(args) -> list[tuple]:
         for dtype in (torch.float32, torch.bfloat16):
             entries.append((f"transformers {str(dtype)[6:]}", hf_runner(base, cfg, dtype, prompt, args),
                             model_bytes(copy.deepcopy(base).to(dtype)), "`generate`, same weights"))
-    for method, group, skip in [(m, g, None) for m, g in METHODS] + VARIANTS:
+    for method, group, skip, head in [(m, g, None, None) for m, g in METHODS] + VARIANTS:
         if method not in args.methods:
             continue
-        m, took = quantized(base, method, group, skip)
+        m, took = quantized(base, method, group, skip, head)
         s = quantization_summary(m)
-        entries.append((label(method, group, skip), acik_runner(m, cfg, prompt, args), model_bytes(m),
+        entries.append((label(method, group, skip, head), acik_runner(m, cfg, prompt, args), model_bytes(m),
                         f"{s['bits_per_weight']:.2f} bits/weight in quantized layers; quantized in {took:.1f}s"))
         print(f"  built {entries[-1][0]}: {entries[-1][3]}", flush=True)
     if args.compile:  # the headline rows again through a compiled engine (compiled in the warm-up round)
-        for method, group, skip in [(None, None, None), ("int8", None, None), ("int4", 64, None), ("int4", 64, [])]:
+        for method, group, skip, head in [(None, None, None, None), ("int8", None, None, None),
+                                          ("int4", 64, None, None), ("int4", 64, None, "int8"), ("int4", 64, [], None)]:
             if method and method not in args.methods:
                 continue
             if method:
-                m, _ = quantized(base, method, group, skip)
+                m, _ = quantized(base, method, group, skip, head)
             else:
                 m = copy.deepcopy(base).to(torch.bfloat16)
-            name = (label(method, group, skip) if method else "acik bfloat16") + ", compiled"
+            name = (label(method, group, skip, head) if method else "acik bfloat16") + ", compiled"
             entries.append((name, acik_runner(m, cfg, prompt, args, compile=True), model_bytes(m), "`--compile`"))
     stamps: dict[str, list[list[float]]] = {name: [] for name, *_ in entries}
     try:

@@ -159,6 +159,12 @@ def test_compressed_tensors_packing_matches_the_library():
     want = ct.pack_to_int32((zeros.to(torch.int16) - 8).to(torch.int8), 4, packed_dim=0)
     assert torch.equal(_pack_rows(zeros), want)
     assert torch.equal(_unpack_rows(want, 20), zeros)
+    # an int8 head in an int4 directory: pack-quantized at 8 bits, four codes to an int32
+    from acik.quant.formats import saved_tensors
+
+    head = Int8Linear.from_linear(torch.nn.Linear(64, 24))
+    packed = saved_tensors("lm_head", head, packed=True)["lm_head.weight_packed"]
+    assert torch.equal(packed, ct.pack_to_int32(head.weight, 8))
 
 
 def test_mxfp4_codes_decode_per_the_spec():
@@ -486,6 +492,43 @@ def test_transformers_reads_compressed_tensors(base_dir, tmp_path, method):
     assert (ours - theirs).abs().max() < 0.1 * (ours - dense).abs().max() + 5e-3
 
 
+@pytest.mark.parametrize("method", ["int4", "nf4"])  # compressed-tensors and acik's own layout
+def test_int8_head_under_a_4bit_method(base_dir, tmp_path, method):
+    """head="int8": the body in 4 bits, the output head per channel in 8 (llama.cpp's choice); the directory
+    records it (a second compressed-tensors group targeting lm_head, for int4) and reloads the same layers."""
+    from acik.hf import describe
+
+    llm = acik.load(base_dir, quantize=method, head="int8")
+    assert isinstance(llm.model.lm_head, Int8Linear) and llm.model.quantization["head"] == "int8"
+    assert type(llm.model.model.layers[0].self_attn.q_proj).__name__ != "Int8Linear"
+    assert llm.model.quantization["skip"] == []
+    llm.save(tmp_path / "q")
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["acik"]["head"] == "int8"
+    if method == "int4":
+        groups = qc["config_groups"]
+        assert groups["group_1"]["targets"] == ["lm_head"] and groups["group_1"]["weights"]["num_bits"] == 8
+        assert groups["group_0"]["weights"]["num_bits"] == 4 and qc["ignore"] == []
+    again = acik.load(tmp_path / "q")
+    assert isinstance(again.model.lm_head, Int8Linear) and again.model.quantization["head"] == "int8"
+    with torch.no_grad():
+        assert torch.equal(again.model(IDS), llm.model(IDS))
+        dense, bf16_head = acik.load(base_dir).model(IDS), acik.load(base_dir, quantize=method).model(IDS)
+    # the 8-bit head adds little to the 4-bit body's error
+    assert rel_err(llm.model(IDS).detach(), dense) < 1.1 * rel_err(bf16_head, dense) + 0.01
+    assert ", lm_head int8" in describe(tmp_path / "q")
+
+
+def test_head_option_errors():
+    model = Transformer(ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(QuantizationError, match="keeps it"):
+        quantize_model(model, "int4", 32, skip=["lm_head"], head="int8")
+    with pytest.raises(QuantizationError, match="head='int4'"):
+        quantize_model(model, "int4", 32, head="int4")
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())  # refused before changing anything
+
+
 def test_info_shows_bits_and_bytes(base_dir, tmp_path):
     from acik.hf import describe
 
@@ -558,6 +601,8 @@ def test_cli_head_default_and_skip(base_dir, tmp_path):
     assert main(["quantize", str(base_dir), "--method", "int8", "--skip", "lm_head", "--out", str(tmp_path / "c")]) == 0
     qc = json.loads((tmp_path / "c" / "config.json").read_text())["quantization_config"]
     assert qc["ignore"] == ["lm_head"] and type(acik.load(tmp_path / "c").model.lm_head) is torch.nn.Linear
+    assert main(["quantize", str(base_dir), "--method", "int4", "--head", "int8", "--out", str(tmp_path / "d")]) == 0
+    assert isinstance(acik.load(tmp_path / "d").model.lm_head, Int8Linear)
 
 
 def test_tied_head_never_quantized():

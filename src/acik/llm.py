@@ -25,14 +25,15 @@ class LLM:
     @classmethod
     def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
              active_experts: int | None = None, mxfp4: str = "dequantize", quantize: str | None = None,
-             group_size: int | None = None, skip: list[str] | None = None,
+             group_size: int | None = None, skip: list[str] | None = None, head: str | None = None,
              adapter: str | Path | None = None, optimize: bool = False) -> LLM:
         """`active_experts`: experts each token is routed to (MoE top-k), overriding config.json, so
         one checkpoint serves heavy and light use. `mxfp4`: "dequantize" (expand MXFP4 experts to
         `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
         forward; a dense MoE checkpoint is quantised at load). `quantize`: an `acik.quant` method
-        (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size` and `skip`
-        (default `acik.quant.default_skip(method)`: int8 quantizes the output head, the others keep it); a
+        (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size`, `skip` (default
+        `acik.quant.default_skip(method)`: int8 quantizes the output head, the others keep it) and `head`
+        ("int8": the head at 8 bits whatever the method); a
         directory written by `acik quantize` loads quantized by itself. `adapter`: a LoRA adapter
         directory (PEFT format) applied unmerged on top of the (possibly quantized) base. `optimize`:
         rewrite the model for inference only, faster but no longer trainable or savable (see `optimize`)."""
@@ -64,7 +65,7 @@ class LLM:
             if quantize:
                 from acik.quant import quantize_model
 
-                quantize_model(model, quantize, group_size, skip)
+                quantize_model(model, quantize, group_size, skip, head)
         if adapter is not None:
             from acik.train.lora import load_adapter
 

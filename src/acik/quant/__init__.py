@@ -21,15 +21,16 @@ from acik.quant.linear import Int4Linear, Int8Linear, MXFP4Linear, NF4Linear, Qu
 METHODS = ("int8", "int4", "int4-hqq", "nf4", "mxfp4", "w8a8")
 DEFAULT_GROUP_SIZE = {"int4": 64, "int4-hqq": 64, "nf4": 64, "mxfp4": 32}
 EIGHT_BIT = ("int8", "w8a8")
+HEAD_METHODS = ("int8", "same")  # what `head=` takes: int8, or the body's method
 
 
 def default_skip(method: str) -> list[str]:
     """The layers `method` leaves unquantized unless told otherwise. `int8` quantizes the output head too, as
     llama.cpp's Q8_0 does: at 8 bits it costs no measurable quality, and with acik's int8 CPU kernel an int8
-    head decodes faster than a prepacked bf16 one (124M model: 150 against 128 tok/s, docs/benchmarks.md
-    "Quantization"). Every other method keeps the head: at 4 bits its error shows directly in perplexity
-    (llama.cpp gives it 6 bits in its 4-bit types; bitsandbytes and llm-compressor leave it alone), and
-    w8a8's kernel is for compute-bound prefill. vLLM cannot load a quantized head: `skip=["lm_head"]`."""
+    head decodes faster than a prepacked bf16 one (docs/quantization.md "The output head"). Every other method
+    keeps the head: at 4 bits its error shows directly in perplexity (`head="int8"` gives it 8 bits instead,
+    as llama.cpp gives it 6-8 in its 4-bit types), and w8a8's kernel is for compute-bound prefill. vLLM cannot
+    load a quantized head: `skip=["lm_head"]`."""
     return [] if method == "int8" else ["lm_head"]
 
 
@@ -86,14 +87,30 @@ def targets(model: nn.Module, skip: Iterable[str]) -> list[str]:
     return [name for name, m in model.named_modules() if type(m) is nn.Linear and not _skipped(name, skip)]
 
 
+def head_method(method: str, head: str | None) -> str | None:
+    """The method `lm_head` gets when it differs from `method` (None: the same, or the head is not quantized),
+    from `quantize_model`'s `head` argument: None (the default) or "same", the body's method; "int8"."""
+    if head not in (None, *HEAD_METHODS):
+        raise QuantizationError(f"head={head!r}: use {' or '.join(repr(h) for h in HEAD_METHODS)} (the body's "
+                                "method), or skip the head to keep it unquantized")
+    return None if head in (None, "same") or head == method else head
+
+
 def quantize_model(model: nn.Module, method: str, group_size: int | None = None,
-                   skip: Iterable[str] | None = None) -> nn.Module:
+                   skip: Iterable[str] | None = None, head: str | None = None) -> nn.Module:
     """Replace every `nn.Linear` of `model` (except those in `skip`; None: `default_skip(method)`)
-    with its quantized version, in place, and return the model. Raises QuantizationError, before
-    changing anything, for an unknown method, a group size that does not divide a layer's input size, or a model that is
-    already quantized."""
+    with its quantized version, in place, and return the model. `head="int8"` quantizes `lm_head` at 8 bits
+    whatever `method` is (with the default skip list, the head is then quantized); None or "same" give it
+    `method`, where it is quantized at all. Raises QuantizationError, before changing anything, for an
+    unknown method, a group size that does not divide a layer's input size, a head both skipped and given a
+    method, or a model that is already quantized."""
     group_size = check_method(method, group_size)
-    skip = default_skip(method) if skip is None else list(skip)
+    head = head_method(method, head)
+    if skip is None:
+        skip = [s for s in default_skip(method) if not (head and s == "lm_head")]
+    elif head and "lm_head" in skip:
+        raise QuantizationError(f"head={head!r} quantizes lm_head, but skip={list(skip)} keeps it; drop one")
+    skip = list(skip)
     if is_quantized(model):
         done = next(m for m in model.modules() if isinstance(m, QuantLinear))
         raise QuantizationError(f"this model is already quantized ({done.method}); quantize its unquantized "
@@ -101,8 +118,11 @@ def quantize_model(model: nn.Module, method: str, group_size: int | None = None,
     names = targets(model, skip)
     if not names:
         raise QuantizationError(f"no nn.Linear layers to quantize (skip={skip})")
+    head = head if "lm_head" in names else None
     step = max(group_size or 1, 2)
     for name in names:
+        if name == "lm_head" and head:
+            continue  # per channel: no group size to divide
         n_in = model.get_submodule(name).in_features
         if n_in % step:
             divisors = [g for g in (32, 64, 128, 256) if n_in % g == 0]
@@ -113,8 +133,11 @@ def quantize_model(model: nn.Module, method: str, group_size: int | None = None,
     for name in names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, quantize_layer(getattr(parent, attr), method, group_size))
-    model.quantization = {"method": method, "group_size": group_size, "skip": skip}
+        if name == "lm_head" and head:
+            setattr(parent, attr, quantize_layer(getattr(parent, attr), head, None))
+        else:
+            setattr(parent, attr, quantize_layer(getattr(parent, attr), method, group_size))
+    model.quantization = {"method": method, "group_size": group_size, "skip": skip, "head": head}
     return model
 
 
@@ -134,5 +157,6 @@ def quantization_summary(model: nn.Module) -> dict:
             "total_bytes": q_bytes + other}
 
 
-__all__ = ["METHODS", "Int4Linear", "Int8Linear", "MXFP4Linear", "NF4Linear", "QuantLinear", "QuantizationError",
-           "check_method", "default_skip", "is_quantized", "quantization_summary", "quantize_model", "targets"]
+__all__ = ["HEAD_METHODS", "METHODS", "Int4Linear", "Int8Linear", "MXFP4Linear", "NF4Linear", "QuantLinear",
+           "QuantizationError", "check_method", "default_skip", "head_method", "is_quantized",
+           "quantization_summary", "quantize_model", "targets"]

@@ -11,8 +11,12 @@ described in `config.json`'s `quantization_config`, and how they are read back.
 - int4-hqq (fractional zero points, which compressed-tensors' integer zero points cannot hold) and
   nf4 (bitsandbytes keeps its quantization state in a layout of its own): acik's layout,
   `quant_method: acik`, our buffer names.
-Every `quantization_config` we write also carries an `acik` entry (method, group size, skip list)
-so acik rebuilds exactly the layers it wrote.
+Every `quantization_config` we write also carries an `acik` entry (method, group size, skip list, the head's
+method where it differs) so acik rebuilds exactly the layers it wrote. An int8 head under a 4-bit method is a
+second compressed-tensors config group targeting `lm_head` by name (compressed-tensors and transformers match
+exact names before class names), packed like the body (`pack-quantized` at 8 bits: four codes to an int32, as
+q + 128; transformers' dequantizing reader takes one format per directory); in acik's and the MXFP4 layouts it is
+stored as int8 layers are.
 """
 
 from __future__ import annotations
@@ -54,23 +58,28 @@ def _unpack_rows(packed: torch.Tensor, out: int) -> torch.Tensor:
     return unpack_nibbles(packed.t().contiguous().view(torch.uint8)).t()[:out].contiguous()
 
 
-def _ct_config(method: str, group_size: int | None, ignore: list[str]) -> dict:
+_INT8_WEIGHTS = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "group_size": None,
+                 "dynamic": False, "observer": "minmax"}
+
+
+def _ct_config(method: str, group_size: int | None, ignore: list[str], head: str | None = None) -> dict:
     if method == "int4":
         weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": group_size,
                    "dynamic": False, "observer": "minmax"}
     else:
-        weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "group_size": None,
-                   "dynamic": False, "observer": "minmax"}
+        weights = dict(_INT8_WEIGHTS)
     activations = None
     if method == "w8a8":
         activations = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "group_size": None,
                        "dynamic": True, "observer": None}
     fmt = "pack-quantized" if method == "int4" else "int-quantized"
+    groups = {"group_0": {"targets": ["Linear"], "weights": weights, "format": fmt,
+                          "input_activations": activations, "output_activations": None}}
+    if head:  # int8 (the only other head method), packed like the int4 body: readers decompress one format
+        groups["group_1"] = {"targets": ["lm_head"], "weights": dict(_INT8_WEIGHTS), "format": fmt,
+                             "input_activations": None, "output_activations": None}
     return {"quant_method": "compressed-tensors", "format": fmt,
-            "quantization_status": "compressed",
-            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "format": fmt,
-                                          "input_activations": activations, "output_activations": None}},
-            "ignore": ignore}
+            "quantization_status": "compressed", "config_groups": groups, "ignore": ignore}
 
 
 def quantization_config(model: nn.Module) -> dict:
@@ -78,17 +87,24 @@ def quantization_config(model: nn.Module) -> dict:
     method = info["method"]
     quantized = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     ignore = sorted(n for n, m in model.named_modules() if type(m) is nn.Linear and n not in quantized)
-    acik = {"method": method, "group_size": info["group_size"], "skip": info["skip"]}
+    head = info.get("head")
+    acik = {"method": method, "group_size": info["group_size"], "skip": info["skip"], "head": head}
     if method in COMPRESSED_TENSORS:
-        return {**_ct_config(method, info["group_size"], ignore), "acik": acik}
+        return {**_ct_config(method, info["group_size"], ignore, head), "acik": acik}
     if method == "mxfp4":
         return {"quant_method": "mxfp4", "modules_to_not_convert": ignore, "acik": acik}
     return {"quant_method": "acik", "ignore": ignore, "acik": acik}
 
 
-def saved_tensors(name: str, layer: QuantLinear) -> dict[str, torch.Tensor]:
-    """One quantized layer as the tensors its format stores (names prefixed with `name.`)."""
-    if isinstance(layer, Int8Linear):
+def saved_tensors(name: str, layer: QuantLinear, packed: bool = False) -> dict[str, torch.Tensor]:
+    """One quantized layer as the tensors its format stores (names prefixed with `name.`). `packed`: an int8 layer
+    in a pack-quantized directory (an int4 model's head), four codes to an int32 as q + 128."""
+    if isinstance(layer, Int8Linear) and packed:
+        codes = (layer.weight.to(torch.int16) + 128).to(torch.uint8)
+        out = {"weight_packed": codes.contiguous().view(torch.int32),
+               "weight_scale": layer.weight_scale.float()[:, None],
+               "weight_shape": torch.tensor([layer.out_features, layer.in_features])}
+    elif isinstance(layer, Int8Linear):
         out = {"weight": layer.weight, "weight_scale": layer.weight_scale.float()[:, None]}
     elif isinstance(layer, Int4Linear) and layer.method == "int4":
         out = {"weight_packed": pack_int32(layer.weight_packed), "weight_scale": layer.weight_scale,
@@ -104,7 +120,9 @@ def saved_tensors(name: str, layer: QuantLinear) -> dict[str, torch.Tensor]:
 def buffers_from_saved(layer: QuantLinear, saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `saved_tensors` for one layer (names without the layer prefix)."""
     if isinstance(layer, Int8Linear):
-        return {"weight": saved["weight"], "weight_scale": saved["weight_scale"].float().reshape(-1)}
+        weight = saved["weight"] if "weight" in saved else \
+            (saved["weight_packed"].contiguous().view(torch.uint8).to(torch.int16) - 128).to(torch.int8)
+        return {"weight": weight, "weight_scale": saved["weight_scale"].float().reshape(-1)}
     if isinstance(layer, Int4Linear) and layer.method == "int4":
         if saved["weight_packed"].dtype != torch.int32:
             raise QuantizationError(f"weight_packed is {saved['weight_packed'].dtype}; pack-quantized stores int32")
@@ -131,10 +149,11 @@ def save_quantized(model: nn.Module, config, out_dir: str | Path, *, tokenizer_d
                    generation_config: dict | None = None) -> Path:
     """Write a quantized model as a Hugging Face directory (the caller writes the manifest)."""
     quant = {id(m) for m in model.modules() if isinstance(m, QuantLinear)}
+    pack = model.quantization["method"] == "int4"  # pack-quantized: an int8 head is packed too
     tensors: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if id(module) in quant:
-            tensors.update(saved_tensors(name, module))
+            tensors.update(saved_tensors(name, module, packed=pack))
     inside = tuple(f"{n}." for n, m in model.named_modules() if id(m) in quant)
     tensors.update({k: v for k, v in model.state_dict().items() if not k.startswith(inside)})
     dtype = model.model.embed_tokens.weight.dtype
@@ -159,24 +178,36 @@ def is_acik_quantized(qc: dict | None) -> bool:
     return bool(qc) and ("acik" in qc or qc.get("quant_method") == "compressed-tensors")
 
 
-def _method_of(qc: dict, where: str) -> tuple[str, int | None, list[str]]:
-    """(method, group size, skip list) from a quantization_config acik wrote, or from a plain
-    compressed-tensors one (int8 per channel, w8a8, int4 asymmetric group-wise)."""
+def _is_int8_channel(weights: dict | None) -> bool:
+    w = weights or {}
+    return w.get("num_bits") == 8 and bool(w.get("symmetric")) and w.get("strategy") == "channel"
+
+
+def _method_of(qc: dict, where: str) -> tuple[str, int | None, list[str], str | None]:
+    """(method, group size, skip list, head method where it differs) from a quantization_config acik wrote, or
+    from a plain compressed-tensors one (int8 per channel, w8a8, int4 asymmetric group-wise, optionally with an
+    int8 group for `lm_head`)."""
     if "acik" in qc:
         a = qc["acik"]
         if a.get("method") not in METHODS:
             raise QuantizationError(f"{where}: quantization_config.acik.method {a.get('method')!r} is not one of "
                                     f"{', '.join(METHODS)}")
-        return a["method"], a.get("group_size"), list(a.get("skip") or [])
-    if qc.get("quant_method") == "compressed-tensors" and len(qc.get("config_groups", {})) == 1:
-        group = next(iter(qc["config_groups"].values()))
+        if a.get("head") not in (None, "int8"):
+            raise QuantizationError(f"{where}: quantization_config.acik.head {a.get('head')!r} is not int8")
+        return a["method"], a.get("group_size"), list(a.get("skip") or []), a.get("head")
+    groups = list(qc.get("config_groups", {}).values()) if qc.get("quant_method") == "compressed-tensors" else []
+    head = None
+    if len(groups) == 2 and groups[1].get("targets") == ["lm_head"] and _is_int8_channel(groups[1].get("weights")):
+        groups, head = groups[:1], "int8"
+    if len(groups) == 1:
+        group = groups[0]
         w, act = group.get("weights") or {}, group.get("input_activations")
         skip = [s for s in qc.get("ignore", []) if not s.startswith("re:")]
-        if w.get("num_bits") == 8 and w.get("symmetric") and w.get("strategy") == "channel":
-            return ("w8a8" if act else "int8"), None, skip
+        if _is_int8_channel(w) and not head:
+            return ("w8a8" if act else "int8"), None, skip, None
         if (w.get("num_bits") == 4 and not w.get("symmetric") and w.get("strategy") == "group"
-                and qc.get("format") == "pack-quantized"):
-            return "int4", w.get("group_size"), skip
+                and group.get("format", qc.get("format")) == "pack-quantized"):
+            return "int4", w.get("group_size"), skip, head
     raise QuantizationError(f"{where}: quantization_config {json.dumps(qc)[:200]} is not a layout acik reads; "
                             "it reads what `acik quantize` writes and compressed-tensors int8/w8a8/int4 (asymmetric "
                             "group-wise)")
@@ -199,7 +230,7 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
 
     directory = Path(directory)
     where = str(directory / "config.json")
-    method, group_size, skip = _method_of(read_quantization(directory), where)
+    method, group_size, skip, head = _method_of(read_quantization(directory), where)
     group_size = check_method(method, group_size)
     device, dtype = hf.resolve_device(device), hf.resolve_dtype(dtype, config)
     with torch.device("meta"):
@@ -208,7 +239,8 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
     for name in names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, _skeleton(getattr(parent, attr), method, group_size))
+        own = (head, None) if name == "lm_head" and head else (method, group_size)
+        setattr(parent, attr, _skeleton(getattr(parent, attr), *own))
     files = hf.weight_files(directory)
     saved = dict(hf.iter_checkpoint(files))
     state: dict[str, torch.Tensor] = {}
@@ -247,7 +279,8 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
-    model.quantization = {"method": method, "group_size": group_size, "skip": skip}
+    model.quantization = {"method": method, "group_size": group_size, "skip": skip,
+                          "head": head if "lm_head" in names else None}
     return model.eval()
 
 
@@ -261,7 +294,7 @@ def describe_quantization(directory: str | Path) -> list[str]:
     qc = read_quantization(directory)
     if not is_acik_quantized(qc):
         return []
-    method, group_size, skip = _method_of(qc, str(directory / "config.json"))
+    method, group_size, skip, head = _method_of(qc, str(directory / "config.json"))
     config = hf.read_config(directory)
     with torch.device("meta"):
         model = Transformer(config)
@@ -279,6 +312,7 @@ def describe_quantization(directory: str | Path) -> list[str]:
                     q_bytes += n * _DTYPE_BYTES[t.get_dtype()]
     q_weights = sum(layers.values())
     group = f", group size {group_size}" if group_size else ""
+    group += f", lm_head {head}" if head and "lm_head." in layers else ""
     return [f"quantization:  {method}{group} ({qc.get('quant_method')} format), {len(layers)} linear layers",
             f"quantized:     {q_weights:,} weights in {hf._gib(q_bytes)}: {8 * q_bytes / q_weights:.2f} bits per "
             "weight with scales"]
