@@ -342,6 +342,19 @@ def test_int4_layer_uses_acik_kernel_and_falls_back(monkeypatch):
         assert torch.allclose(layer(x), ref, atol=3e-2) and layer._kernel[0] == "aten"
 
 
+@needs_cpu_kernels
+def test_cpu_kernels_build_once_per_machine(monkeypatch, tmp_path):
+    """The build is cached under a key of the source, the flags and the CPU's model and instruction sets (not
+    /proc/cpuinfo lines that change as it runs, like its clock), so later processes load it without building."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cpu_kernel._library.__wrapped__("native") is not None
+    built = list(tmp_path.glob("acik/kernels/*.so"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    assert cpu_kernel._library.__wrapped__("native") is not None
+    assert list(tmp_path.glob("acik/kernels/*.so")) == built and built[0].stat().st_mtime_ns == mtime
+
+
 def test_cpu_kernels_without_a_compiler_fall_back(monkeypatch, tmp_path, caplog):
     """No C compiler: no kernel (logged), and the layers run PyTorch's kernels instead of failing."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))

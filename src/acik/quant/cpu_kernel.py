@@ -59,14 +59,16 @@ def _library(march: str) -> ctypes.CDLL | None:
         return None
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
-    # One build per source, flags and CPU: -march=native compiles for the machine it runs on.
+    # One build per source, flags and CPU: -march=native compiles for the machine it runs on (its model and
+    # instruction-set flags, not the lines of /proc/cpuinfo that change while it runs, like its clock).
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(" ".join(_command(march, "")).encode())
-    if march == "native":
-        key.update(Path("/proc/cpuinfo").read_text().split("\n\n")[0].encode() if os.path.exists("/proc/cpuinfo")
-                   else b"")
-    path = _cache_dir() / f"cpu_matmul-{key.hexdigest()[:16]}.so"
+    if march == "native" and os.path.exists("/proc/cpuinfo"):
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+        key.update("\n".join(line for line in first if line.startswith(("model name", "flags"))).encode())
+    prefix = f"cpu_matmul-{march}-"
+    path = _cache_dir() / f"{prefix}{key.hexdigest()[:16]}.so"
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +81,16 @@ def _library(march: str) -> ctypes.CDLL | None:
             result = subprocess.run(_command(march, tmp), capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as err:
             os.unlink(tmp)
-            log.info("acik's int8 CPU kernel not built (%s); using PyTorch's int8 kernel", err)
+            log.info("acik's CPU kernels not built (%s); using PyTorch's int8/int4 kernels", err)
             return None
         if result.returncode != 0:
             os.unlink(tmp)
-            log.info("acik's int8 CPU kernel not built; using PyTorch's int8 kernel:\n%s", result.stderr[-2000:])
+            log.info("acik's CPU kernels not built; using PyTorch's int8/int4 kernels:\n%s", result.stderr[-2000:])
             return None
         os.replace(tmp, path)  # atomic: a concurrent build or reader sees a whole file or none
+        for stale in path.parent.glob(f"{prefix}*.so"):  # earlier sources' builds for this -march
+            if stale != path:
+                stale.unlink(missing_ok=True)
     lib = ctypes.CDLL(str(path))
     lib.acik_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     lib.acik_int8_matmul.restype = ctypes.c_int
