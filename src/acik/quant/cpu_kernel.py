@@ -152,26 +152,31 @@ def _empty_out(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.empty((*shape[:-1], n), dtype=x.dtype)
 
 
-def _matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    # A decode step makes ~50-85 of these calls, so this path avoids every tensor operation it can.
+def _launch(which: int, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+            *extra: int) -> torch.Tensor:
+    """Kernel `which` (0: int8, 1: int4, whose `extra` is the group size) on x [..., in] -> [..., out]. A decode
+    step makes ~50-85 of these calls, so this path avoids every tensor operation it can."""
     if x.dtype not in (torch.float32, torch.bfloat16):
-        return _matmul(x.float(), blocked, scale, bias).to(x.dtype)
+        return _launch(which, x.float(), weight, scales, bias, *extra).to(x.dtype)
     if not x.is_contiguous():
         x = x.contiguous()
-    n, k = blocked.shape[0] * 16, x.shape[-1]
+    n, k = weight.shape[0] * 16, x.shape[-1]
     y = _empty_out(x, n)
     rows = x.numel() // k
-    kernel = _KERNEL[0] or library().acik_int8_matmul
-    if rows and kernel(blocked.data_ptr(), scale.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
-                       y.data_ptr(), rows, n, k, x.dtype == torch.bfloat16, torch.get_num_threads()):
-        raise MemoryError("acik's int8 kernel could not allocate its activation buffer")
+    kernel = _KERNEL[which]
+    if kernel is None:
+        library()
+        kernel = _KERNEL[which]
+    if rows and kernel(weight.data_ptr(), scales.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
+                       y.data_ptr(), rows, n, k, *extra, x.dtype == torch.bfloat16, torch.get_num_threads()):
+        raise MemoryError("acik's CPU kernel could not allocate its activation buffers")
     return y
 
 
 @torch.library.custom_op("acik::int8_matmul", mutates_args=())
 def _int8_matmul_op(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:
-    return _matmul(x, blocked, scale, bias)
+    return _launch(0, x, blocked, scale, bias)
 
 
 @_int8_matmul_op.register_fake
@@ -185,7 +190,7 @@ def int8_matmul(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor,
     [out], all on CPU; x fp32 or bf16 (others compute in fp32). Call only where `available()`."""
     if torch.compiler.is_compiling():  # opaque to inductor, which fuses around it
         return _int8_matmul_op(x, blocked, scale, bias)
-    return _matmul(x, blocked, scale, bias)  # eager: the direct call skips the dispatcher's few µs
+    return _launch(0, x, blocked, scale, bias)  # eager: the direct call skips the dispatcher's few µs
 
 
 def block_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,26 +204,10 @@ def block_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> 
     return packed, so
 
 
-def _matmul4(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size: int,
-             bias: torch.Tensor | None) -> torch.Tensor:
-    if x.dtype not in (torch.float32, torch.bfloat16):
-        return _matmul4(x.float(), packed, so, group_size, bias).to(x.dtype)
-    if not x.is_contiguous():
-        x = x.contiguous()
-    n, k = packed.shape[0] * 16, x.shape[-1]
-    y = _empty_out(x, n)
-    rows = x.numel() // k
-    kernel = _KERNEL[1] or library().acik_int4_matmul
-    if rows and kernel(packed.data_ptr(), so.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
-                       y.data_ptr(), rows, n, k, group_size, x.dtype == torch.bfloat16, torch.get_num_threads()):
-        raise MemoryError("acik's int4 kernel could not allocate its activation buffers")
-    return y
-
-
 @torch.library.custom_op("acik::int4_matmul", mutates_args=())
 def _int4_matmul_op(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_size: int,
                     bias: torch.Tensor | None) -> torch.Tensor:
-    return _matmul4(x, packed, so, group_size, bias)
+    return _launch(1, x, packed, so, bias, group_size)
 
 
 @_int4_matmul_op.register_fake
@@ -233,4 +222,4 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_s
     CPU; x fp32 or bf16 (others compute in fp32). Call only where `available()`."""
     if torch.compiler.is_compiling():
         return _int4_matmul_op(x, packed, so, group_size, bias)
-    return _matmul4(x, packed, so, group_size, bias)
+    return _launch(1, x, packed, so, bias, group_size)
