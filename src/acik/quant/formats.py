@@ -14,9 +14,10 @@ described in `config.json`'s `quantization_config`, and how they are read back.
 Every `quantization_config` we write also carries an `acik` entry (method, group size, skip list, the head's
 method where it differs) so acik rebuilds exactly the layers it wrote. An int8 head under a 4-bit method is a
 second compressed-tensors config group targeting `lm_head` by name (compressed-tensors and transformers match
-exact names before class names), packed like the body (`pack-quantized` at 8 bits: four codes to an int32, as
-q + 128; transformers' dequantizing reader takes one format per directory); in acik's and the MXFP4 layouts it is
-stored as int8 layers are.
+exact names before class names), packed like the body so the directory keeps one format (`pack-quantized` at
+8 bits: four codes to an int32, as q + 128). transformers 5.24 cannot read it (its dequantizing reader applies
+the first group's scheme to every dense layer); acik does. In acik's and the MXFP4 layouts the head is stored as
+int8 layers are.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _ct_config(method: str, group_size: int | None, ignore: list[str], head: str
     fmt = "pack-quantized" if method == "int4" else "int-quantized"
     groups = {"group_0": {"targets": ["Linear"], "weights": weights, "format": fmt,
                           "input_activations": activations, "output_activations": None}}
-    if head:  # int8 (the only other head method), packed like the int4 body: readers decompress one format
+    if head:  # int8 (the only other head method), in the body's format
         groups["group_1"] = {"targets": ["lm_head"], "weights": dict(_INT8_WEIGHTS), "format": fmt,
                              "input_activations": None, "output_activations": None}
     return {"quant_method": "compressed-tensors", "format": fmt,

@@ -10,7 +10,7 @@ Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
   int16-quantized activations, about twice as fast as PyTorch's), built on first use; elsewhere, or where it
   cannot be built, `aten._weight_int8pack_mm` (int8 [out, in], one scale per row).
 - int4: on x86-64 CPUs acik's own kernel (acik.quant.cpu_kernel: codes times int16-quantized activations;
-  as fast as PyTorch's at one row, 1.3-1.5x faster at 8-64), elsewhere `aten._weight_int4pack_mm_for_cpu`;
+  1.1x PyTorch's at one row, 1.25-1.5x at 8-64), elsewhere `aten._weight_int4pack_mm_for_cpu`;
   on CUDA dequantize per call. The CPU kernels need out_features divisible by 16 and take their own packed
   layout, built once on first use.
 - w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm` (on CUDA it needs
@@ -169,7 +169,7 @@ class Int8Linear(QuantLinear):
                 bias = None if self.bias is None else self.bias.detach().float().contiguous()
                 self._kernel = ("acik", blocked, self.weight_scale.float().contiguous(), bias)
             else:  # cast once, not per token (85 casts a decoded token at 124M)
-                self._kernel = ("aten", self.weight, self.weight_scale.to(KERNEL_DTYPE), None)
+                self._kernel = ("aten", self.codes(), self.weight_scale.to(KERNEL_DTYPE), None)
         return self._kernel
 
     def for_inference(self) -> None:
