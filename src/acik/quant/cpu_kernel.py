@@ -96,11 +96,14 @@ def _library(march: str) -> ctypes.CDLL | None:
     lib.acik_int8_matmul.restype = ctypes.c_int
     lib.acik_int4_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
     lib.acik_int4_matmul.restype = ctypes.c_int
+    lib.acik_lut4_matmul.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_float]
+                                     + [ctypes.c_int] * 2)
+    lib.acik_lut4_matmul.restype = ctypes.c_int
     lib.acik_int8_isa.restype = ctypes.c_int
     return lib
 
 
-_KERNEL: list = [None, None]  # the loaded acik_int8_matmul and acik_int4_matmul, looked up once, not per call
+_KERNEL: list = [None, None, None]  # acik_int8_matmul, acik_int4_matmul, acik_lut4_matmul: looked up once
 
 
 def library() -> ctypes.CDLL | None:
@@ -109,7 +112,7 @@ def library() -> ctypes.CDLL | None:
         return None
     lib = _library(os.environ.get("ACIK_CPU_KERNEL_MARCH", "native"))
     if lib is not None:
-        _KERNEL[:] = [lib.acik_int8_matmul, lib.acik_int4_matmul]
+        _KERNEL[:] = [lib.acik_int8_matmul, lib.acik_int4_matmul, lib.acik_lut4_matmul]
     return lib
 
 
@@ -153,9 +156,10 @@ def _empty_out(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _launch(which: int, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
-            *extra: int) -> torch.Tensor:
-    """Kernel `which` (0: int8, 1: int4, whose `extra` is the group size) on x [..., in] -> [..., out]. A decode
-    step makes ~50-85 of these calls, so this path avoids every tensor operation it can."""
+            *extra) -> torch.Tensor:
+    """Kernel `which` (0: int8; 1: int4, `extra` the group size; 2: table, `extra` the group size, the table and
+    its unit) on x [..., in] -> [..., out]. A decode step makes ~50-85 of these calls, so this path avoids every
+    tensor operation it can."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         return _launch(which, x.float(), weight, scales, bias, *extra).to(x.dtype)
     if not x.is_contiguous():
@@ -167,6 +171,7 @@ def _launch(which: int, x: torch.Tensor, weight: torch.Tensor, scales: torch.Ten
     if kernel is None:
         library()
         kernel = _KERNEL[which]
+    extra = tuple(e.data_ptr() if isinstance(e, torch.Tensor) else e for e in extra)
     if rows and kernel(weight.data_ptr(), scales.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
                        y.data_ptr(), rows, n, k, *extra, x.dtype == torch.bfloat16, torch.get_num_threads()):
         raise MemoryError("acik's CPU kernel could not allocate its activation buffers")
@@ -223,3 +228,40 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, so: torch.Tensor, group_s
     if torch.compiler.is_compiling():
         return _int4_matmul_op(x, packed, so, group_size, bias)
     return _launch(1, x, packed, so, bias, group_size)
+
+
+def supports_table() -> bool:
+    """Whether the table kernel (NF4) is built here: it needs AVX-512 (vpermw); the AVX2 build has none."""
+    return isa() == "avx512-vnni"
+
+
+def block_table(codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit codes uint8 [out, in] with one fp16 scale per group [out, in/group] -> the table kernel's layout:
+    uint8 [out/16, in/2, 16] (byte j: output j's codes for a pair of inputs, low nibble first) and fp16
+    [out/16, groups, 16]."""
+    n, k = codes.shape
+    c = codes.to(torch.uint8).reshape(n // 16, 16, k // 2, 2)
+    packed = (c[..., 0] | (c[..., 1] << 4)).permute(0, 2, 1).contiguous()
+    sc = scale.half().reshape(n // 16, 16, -1).permute(0, 2, 1).contiguous()
+    return packed, sc
+
+
+def table_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, table: torch.Tensor, unit: float,
+                 group_size: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ (table[codes] * unit * scale)^T + bias, with (packed, scale) = block_table(...), `table`
+    int16 [32] (entries 0-15 used, |v| <= 2047), all on CPU. Call only where `supports_table()`."""
+    if torch.compiler.is_compiling():
+        return _table_matmul_op(x, packed, scale, table, unit, group_size, bias)
+    return _launch(2, x, packed, scale, bias, group_size, table, unit)
+
+
+@torch.library.custom_op("acik::table_matmul", mutates_args=())
+def _table_matmul_op(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, table: torch.Tensor, unit: float,
+                     group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
+    return _launch(2, x, packed, scale, bias, group_size, table, unit)
+
+
+@_table_matmul_op.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, table: torch.Tensor, unit: float,
+      group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0] * 16)

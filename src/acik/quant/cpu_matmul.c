@@ -442,3 +442,119 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
     free(buf);
     return 0;
 }
+
+/* ---- 4-bit codes through a table: y = x @ (level[q] * scale)^T + bias, for NF4 (AVX-512 only) ----
+
+   NF4's 16 levels are not integers, so the int4 path above cannot take them. Here each code looks up an int16
+   level (the caller's table: NF4's levels times 2047, rounded; their error, under 1/4094 of a block's absmax,
+   is finer than bf16's rounding of the dequantized weight for every weight above 1/8 of it) with vpermw, and
+   vpdpwssd multiplies pairs of levels by pairs of int16 activations as the int8 path does. Partial sums go to
+   float every 16 pairs (32 inputs), before 32 * 2047 * 32767 could overflow int32, times the group's scale.
+
+   Layout (acik.quant.cpu_kernel.block_lut4): blocks of 16 outputs x 2 inputs, 16 bytes: byte j holds output j's
+   code for the pair's first input in its low nibble and the second in its high nibble; block (b, p) at byte
+   (b * K/2 + p) * 16. Scales fp16 [N/16, K/group, 16] (NF4's absmax as stored), times `unit` at the end. */
+
+#if ISA == 512
+#define LUT_CHUNK 16
+
+INLINE void tile_lut(const uint8_t *w, size_t KP, const uint16_t *sc, size_t groups, size_t gp, __m512i lut,
+                     const int32_t *a, size_t lda, const float *ascale, const float *bias, void *y, size_t ldy,
+                     int bf16, float unit, const int R, const int NB) {
+    __m512 facc[MAX_R][NB_MANY];
+    const __m512i lo = _mm512_set1_epi32(0x0f), hi = _mm512_set1_epi32(0xf0);
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) facc[r][j] = _mm512_setzero_ps();
+    for (size_t g = 0; g < groups; g++) {
+        for (size_t p0 = g * gp; p0 < (g + 1) * gp; p0 += LUT_CHUNK) {
+            size_t p1 = p0 + LUT_CHUNK < (g + 1) * gp ? p0 + LUT_CHUNK : (g + 1) * gp;
+            __m512i acc[MAX_R][NB_MANY];
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < NB; j++) acc[r][j] = _mm512_setzero_si512();
+            for (size_t p = p0; p < p1; p++) {
+                __m512i av[MAX_R];
+                for (int r = 0; r < R; r++) av[r] = _mm512_set1_epi32(a[r * lda + p]);
+                for (int j = 0; j < NB; j++) {
+                    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + (j * KP + p) * 16)));
+                    /* int32 lane j: the first code in its low int16, the second in its high int16 */
+                    __m512i idx = _mm512_or_si512(_mm512_and_si512(v, lo), _mm512_slli_epi32(_mm512_and_si512(v, hi), 12));
+                    __m512i wv = _mm512_permutexvar_epi16(idx, lut);
+                    for (int r = 0; r < R; r++) acc[r][j] = _mm512_dpwssd_epi32(acc[r][j], wv, av[r]);
+                }
+            }
+            for (int j = 0; j < NB; j++) {
+                __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + ((size_t)j * groups + g) * 16)));
+                for (int r = 0; r < R; r++) facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), s, facc[r][j]);
+            }
+        }
+    }
+    float part[MAX_R * NB_MANY * 16];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) _mm512_storeu_ps(part + (r * NB + j) * 16, facc[r][j]);
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < NB * 16; n++) {
+            float v = part[r * NB * 16 + n] * ascale[r] * unit + (bias ? bias[n] : 0.f);
+            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
+            else ((float *)y)[r * ldy + n] = v;
+        }
+}
+
+#define TILEL(R, NB) TILEL_(R, NB)
+#define TILEL_(R, NB)                                                                                        \
+    static void tilel_##R##_##NB(const uint8_t *w, size_t KP, const uint16_t *sc, size_t groups, size_t gp,   \
+                                 __m512i lut, const int32_t *a, size_t lda, const float *as, const float *b,  \
+                                 void *y, size_t ldy, int bf16, float unit) {                                 \
+        tile_lut(w, KP, sc, groups, gp, lut, a, lda, as, b, y, ldy, bf16, unit, R, NB);                       \
+    }
+typedef void (*tilel_fn)(const uint8_t *, size_t, const uint16_t *, size_t, size_t, __m512i, const int32_t *, size_t,
+                         const float *, const float *, void *, size_t, int, float);
+TILEL(1, 1) TILEL(2, 1) TILEL(3, 1) TILEL(4, 1) TILEL(1, NB_MANY)
+#define NAMEL(R, NB) tilel_##R##_##NB
+#define EXPANDL(R, NB) NAMEL(R, NB)
+#endif
+
+/* y [M, N] = x [M, K] @ (lut[code] * scale * unit)^T (+ bias): w and sc laid out as above (N % 16 == 0, group
+   even, K % group == 0), lut 32 int16 (entries 0-15 used, each |v| <= 2047). Returns 0, -1 when out of memory,
+   -2 where this build has no table path (AVX2). */
+int acik_lut4_matmul(const uint8_t *w, const uint16_t *sc, const float *bias, const void *x, void *y, int64_t M,
+                     int64_t N, int64_t K, int64_t group, const int16_t *lut16, float unit, int bf16, int nthreads) {
+#if ISA == 512
+    size_t KP = (size_t)K / 2, nb = (size_t)N / 16, groups = (size_t)(K / group), gp = (size_t)group / 2;
+    size_t esize = bf16 ? 2 : 4;
+    char *buf = malloc((size_t)M * (K * sizeof(int16_t) + sizeof(float)) + 64);
+    if (!buf) return -1;
+    int16_t *a = (int16_t *)buf;
+    float *ascale = (float *)(a + M * K);
+    for (int64_t m = 0; m < M; m++)
+        quantize_row((const char *)x + m * K * esize, bf16, K, a + m * K, ascale + m, 32767.f);
+    const __m512i lut = _mm512_loadu_si512((const void *)lut16);
+    tilel_fn rows[MAX_R] = {tilel_1_1, tilel_2_1, tilel_3_1, tilel_4_1};
+    if (nthreads < 1) nthreads = 1;
+    if ((size_t)nthreads > nb) nthreads = (int)nb;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        int t = 0, T = 1;
+#endif
+        size_t b0 = nb * t / T, b1 = nb * (t + 1) / T;
+        for (size_t b = b0; b < b1;) {
+            int nbg = (M == 1 && b1 - b >= (size_t)NB_MANY) ? NB_MANY : 1;
+            for (int64_t m = 0; m < M; m += MAX_R) {
+                int R = M - m < MAX_R ? (int)(M - m) : MAX_R;
+                tilel_fn fn = nbg == 1 ? rows[R - 1] : EXPANDL(1, NB_MANY);
+                fn(w + b * KP * 16, KP, sc + b * groups * 16, groups, gp, lut, (const int32_t *)(a + m * K), KP,
+                   ascale + m, bias ? bias + b * 16 : NULL, (char *)y + (m * N + b * 16) * esize, N, bf16, unit);
+            }
+            b += nbg;
+        }
+    }
+    free(buf);
+    return 0;
+#else
+    (void)w, (void)sc, (void)lut16, (void)bias, (void)x, (void)y, (void)M, (void)N, (void)K, (void)group, (void)unit,
+        (void)bf16, (void)nthreads;
+    return -2;
+#endif
+}

@@ -15,7 +15,9 @@ Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
   layout, built once on first use.
 - w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm` (on CUDA it needs
   more than 16 rows, so decode's few rows are zero-padded).
-- NF4 and MXFP4 have no packed kernel: the weight is dequantized per layer, per call.
+- NF4: on x86-64 CPUs with AVX-512, acik's table kernel (acik.quant.cpu_kernel.table_matmul: each code looks up
+  an int16 level, NF4's levels times 2047); elsewhere the weight is dequantized per layer, per call.
+- MXFP4 has no packed kernel: the weight is dequantized per layer, per call.
 Both packed kernels run much faster with bfloat16 activations than float32 ones on this CPU, so
 they compute in bfloat16 and hand back the input's dtype.
 """
@@ -29,6 +31,11 @@ from torch import nn
 from acik.quant import cpu_kernel, methods
 
 KERNEL_DTYPE = torch.bfloat16
+# NF4's levels as the int16 table acik's table kernel reads (scaled by 2047, the largest that cannot overflow its
+# int32 sums; rounding them moves a weight by under 1/4094 of its block's absmax). Entries 16-31 are unused.
+NF4_TABLE_ONE = 2047.0
+NF4_TABLE = torch.zeros(32, dtype=torch.int16)
+NF4_TABLE[:16] = torch.round(torch.tensor(methods.NF4_LEVELS) * NF4_TABLE_ONE).to(torch.int16)
 
 
 class _QuantMatmul(torch.autograd.Function):
@@ -309,6 +316,7 @@ class NF4Linear(QuantLinear):
                                                           device=device))
         self.register_buffer("weight_absmax", torch.ones(out_features, in_features // group_size,
                                                          dtype=torch.float16, device=device))
+        self._kernel: tuple | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int) -> NF4Linear:
@@ -321,6 +329,40 @@ class NF4Linear(QuantLinear):
 
     def _empty(self, out_features: int, bias: bool) -> NF4Linear:
         return NF4Linear(self.in_features, out_features, bias, self.group_size, "meta")
+
+    def _own_kernel(self) -> bool:
+        return (self.weight_absmax.device.type == "cpu" and self.out_features % 16 == 0
+                and cpu_kernel.available() and cpu_kernel.supports_table())
+
+    def _kernel_weights(self) -> tuple | None:
+        """acik's table kernel's layout (codes, absmax as stored), or None where it does not run."""
+        if self._kernel is None and "kernel_weight" in self._buffers:  # for_inference kept only these
+            self._kernel = (self.kernel_weight, self.kernel_scales)
+        if self._kernel is None and self._own_kernel():
+            self._kernel = cpu_kernel.block_table(methods.unpack_nibbles(self.weight_packed), self.weight_absmax)
+        return self._kernel
+
+    def for_inference(self) -> None:
+        """Keep only the table kernel's layout (acik.model.inference.optimize), not the stored codes beside it."""
+        if "weight_packed" in self._buffers and self._kernel_weights() is not None:
+            packed, scales = self._kernel
+            self.register_buffer("kernel_weight", packed, persistent=False)
+            self.register_buffer("kernel_scales", scales, persistent=False)
+            del self._buffers["weight_packed"], self._buffers["weight_absmax"]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self._kernel or (self._kernel_weights() if x.device.type == "cpu" else None)
+        if kernel is None:
+            return super().matmul(x)
+        return cpu_kernel.table_matmul(x, *kernel, NF4_TABLE, 1.0 / NF4_TABLE_ONE, self.group_size)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
 
 class MXFP4Linear(QuantLinear):
