@@ -200,8 +200,8 @@ def test_quantized_linear_matches_dequantized_reference(method, dtype):
     # The packed kernels compute in bf16; w8a8 also rounds the activations to int8 per token.
     tol = {"w8a8": 0.03}.get(method, 0.01 if (dtype == torch.bfloat16 or method in ("int8", "int4", "int4-hqq"))
                              else 1e-5)
-    if method == "nf4" and dtype == torch.float32 and cpu_kernel.supports_table():
-        tol = 2e-3  # the table kernel's NF4 levels are rounded to 1/2047 (test_table_kernel_matches_the_reference)
+    if method in ("nf4", "mxfp4") and dtype == torch.float32 and cpu_kernel.supports_table():
+        tol = 2e-3  # the table kernel: int16 activations, NF4's levels rounded to 1/2047
     scale = y_ref.abs().max().item()
     assert (y.float() - y_ref).abs().max().item() <= tol * scale
     g = torch.randn_like(y_ref)
@@ -377,21 +377,28 @@ needs_table_kernel = pytest.mark.skipif(not cpu_kernel.supports_table(),
                                         reason="acik's table kernel (NF4) needs AVX-512 and a C compiler")
 
 
-def test_nf4_table_is_within_half_a_step_of_the_levels():
-    from acik.quant.linear import NF4_TABLE, NF4_TABLE_ONE
+def test_tables_hold_the_levels():
+    """NF4's table is within half a step of its levels (1/2047); MXFP4's (E2M1 times 2) is exact. Both stay within
+    2047, which keeps the kernel's int32 sums from overflowing."""
+    from acik.quant.linear import MXFP4Linear, NF4Linear
+    from acik.quant.mxfp4 import FP4_VALUES
 
-    levels = torch.tensor(methods.NF4_LEVELS)
-    assert (NF4_TABLE[:16].float() / NF4_TABLE_ONE - levels).abs().max() <= 0.5 / NF4_TABLE_ONE + 1e-7
-    assert NF4_TABLE.abs().max() <= 2047  # what keeps the kernel's int32 sums from overflowing
+    nf4 = NF4Linear.TABLE[:16].double() * NF4Linear.UNIT
+    assert (nf4 - torch.tensor(methods.NF4_LEVELS, dtype=torch.float64)).abs().max() <= 0.5 * NF4Linear.UNIT + 1e-9
+    assert torch.equal(MXFP4Linear.TABLE[:16].double() * MXFP4Linear.UNIT, torch.tensor(FP4_VALUES).double().abs()
+                       * torch.tensor(FP4_VALUES).double().sign())
+    assert max(NF4Linear.TABLE.abs().max(), MXFP4Linear.TABLE.abs().max()) <= 2047
 
 
 @needs_table_kernel
-def test_table_kernel_matches_the_reference():
-    """The table kernel (NF4) against the float64 matmul with the dequantized weight: fp32 to 1e-3 of the largest
-    output (its levels are rounded to 1/2047), bf16 to its output rounding; groups of 32/64/128, block tails,
-    0-9 rows, one and two threads, and a NaN row."""
-    from acik.quant.linear import NF4_TABLE, NF4_TABLE_ONE
+@pytest.mark.parametrize("method", ["nf4", "mxfp4"])
+def test_table_kernel_matches_the_reference(method):
+    """The table kernel against the float64 matmul with the dequantized weight: fp32 to 1e-3 of the largest output
+    for NF4 (its levels are rounded to 1/2047) and 1e-4 for MXFP4 (exact levels; only the activations are
+    rounded), bf16 to its output rounding; block tails, 0-9 rows, one and two threads, and a NaN row."""
+    from acik.quant.linear import MXFP4Linear, NF4Linear
 
+    cls = NF4Linear if method == "nf4" else MXFP4Linear
     g = torch.Generator().manual_seed(2)
     threads = torch.get_num_threads()
     try:
@@ -401,38 +408,48 @@ def test_table_kernel_matches_the_reference():
             ((64, 64, 32), 0, torch.float32, 2),
         ]:
             torch.set_num_threads(nthreads)
-            codes, absmax = methods.quantize_nf4(torch.randn(n, k, generator=g), group)
-            packed, scale = cpu_kernel.block_table(codes, absmax)
-            bias = torch.randn(n, generator=g)
+            lin = torch.nn.Linear(k, n)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(n, k, generator=g) * 0.05)
+                lin.bias.copy_(torch.randn(n, generator=g))
+            layer = cls.from_linear(lin, group) if method == "nf4" else cls.from_linear(lin)
+            packed, scale = cpu_kernel.block_table(*layer._table_inputs())
             x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) * 3).to(dtype)
-            y = cpu_kernel.table_matmul(x, packed, scale, NF4_TABLE, 1 / NF4_TABLE_ONE, group, bias)
-            ref = torch.nn.functional.linear(x.double(), methods.dequantize_nf4(codes, absmax).double(), bias.double())
+            y = cpu_kernel.table_matmul(x, packed, scale, cls.TABLE, cls.UNIT, layer.group_size, lin.bias.detach())
+            ref = torch.nn.functional.linear(x.double(), layer.dequantize().double(), lin.bias.detach().double())
             assert y.dtype == dtype and y.shape == (rows, n)
             if rows:
-                tol = (1e-3 if dtype == torch.float32 else 1e-2) * ref.abs().max().item()
+                close = 1e-3 if method == "nf4" else 1e-4
+                tol = (close if dtype == torch.float32 else 1e-2) * ref.abs().max().item()
                 assert (y.double() - ref).abs().max().item() <= tol, (n, k, group, rows, dtype)
         x = torch.randn(2, 64)
         x[1, 3] = float("nan")
-        codes, absmax = methods.quantize_nf4(torch.randn(32, 64), 32)
-        y = cpu_kernel.table_matmul(x, *cpu_kernel.block_table(codes, absmax), NF4_TABLE, 1 / NF4_TABLE_ONE, 32)
+        small = torch.nn.Linear(64, 32)
+        layer = cls.from_linear(small, 32) if method == "nf4" else cls.from_linear(small)
+        y = cpu_kernel.table_matmul(x, *cpu_kernel.block_table(*layer._table_inputs()), cls.TABLE, cls.UNIT, 32)
         assert y[0].isfinite().all() and y[1].isnan().all()
     finally:
         torch.set_num_threads(threads)
 
 
 @needs_table_kernel
-def test_nf4_layer_uses_the_table_kernel_and_falls_back(monkeypatch):
-    from acik.quant.linear import NF4Linear
+@pytest.mark.parametrize("method", ["nf4", "mxfp4"])
+def test_table_layers_use_the_kernel_and_fall_back(method, monkeypatch):
+    from acik.quant.linear import MXFP4Linear, NF4Linear
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(128, 48)
     x = torch.randn(2, 3, 128)
-    layer = NF4Linear.from_linear(lin, 64)
+
+    def make():
+        return NF4Linear.from_linear(lin, 64) if method == "nf4" else MXFP4Linear.from_linear(lin)
+
+    layer = make()
     ref = torch.nn.functional.linear(x, layer.dequantize(), lin.bias)
     with torch.no_grad():
         assert torch.allclose(layer(x), ref, atol=2e-3) and layer._kernel is not None
     monkeypatch.setenv("ACIK_CPU_KERNELS", "0")  # dequantize per call: exact
-    layer = NF4Linear.from_linear(lin, 64)
+    layer = make()
     with torch.no_grad():
         assert torch.allclose(layer(x), ref, atol=1e-5) and layer._kernel is None
 
@@ -487,9 +504,10 @@ def test_cpu_kernels_under_torch_compile():
     quantize_model(model, "int8", skip=[])
     model[2] = Int4Linear.from_linear(torch.nn.Linear(96, 32), 32)
     if cpu_kernel.supports_table():
-        from acik.quant.linear import NF4Linear
+        from acik.quant.linear import MXFP4Linear, NF4Linear
 
         model.append(NF4Linear.from_linear(torch.nn.Linear(32, 32), 32))
+        model.append(MXFP4Linear.from_linear(torch.nn.Linear(32, 32)))
     x = torch.randn(3, 64)
     with torch.no_grad():
         want = model(x)
@@ -530,7 +548,7 @@ def test_optimized_quantized_model_fuses_and_matches(base_dir, method):
     nbytes = [sum(b.numel() * b.element_size() for b in m.model.buffers()) for m in (plain, fast)]
     assert nbytes[1] <= nbytes[0]
     own_layout = (method.startswith("int4") or (method == "int8" and cpu_kernel.available())
-                  or (method == "nf4" and cpu_kernel.supports_table()))
+                  or (method in ("nf4", "mxfp4") and cpu_kernel.supports_table()))
     assert ("kernel_weight" in attn.qkv_proj._buffers) == own_layout
 
 

@@ -97,7 +97,7 @@ def _library(march: str) -> ctypes.CDLL | None:
     lib.acik_int4_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
     lib.acik_int4_matmul.restype = ctypes.c_int
     lib.acik_lut4_matmul.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_float]
-                                     + [ctypes.c_int] * 2)
+                                     + [ctypes.c_int] * 3)
     lib.acik_lut4_matmul.restype = ctypes.c_int
     lib.acik_int8_isa.restype = ctypes.c_int
     return lib
@@ -157,9 +157,9 @@ def _empty_out(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def _launch(which: int, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
             *extra) -> torch.Tensor:
-    """Kernel `which` (0: int8; 1: int4, `extra` the group size; 2: table, `extra` the group size, the table and
-    its unit) on x [..., in] -> [..., out]. A decode step makes ~50-85 of these calls, so this path avoids every
-    tensor operation it can."""
+    """Kernel `which` (0: int8; 1: int4, `extra` the group size; 2: table, `extra` the group size, the table, its
+    unit and whether the scales are E8M0) on x [..., in] -> [..., out]. A decode step makes ~50-85 of these calls,
+    so this path avoids every tensor operation it can."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         return _launch(which, x.float(), weight, scales, bias, *extra).to(x.dtype)
     if not x.is_contiguous():
@@ -236,13 +236,14 @@ def supports_table() -> bool:
 
 
 def block_table(codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """4-bit codes uint8 [out, in] with one fp16 scale per group [out, in/group] -> the table kernel's layout:
-    uint8 [out/16, in/2, 16] (byte j: output j's codes for a pair of inputs, low nibble first) and fp16
-    [out/16, groups, 16]."""
+    """4-bit codes uint8 [out, in] with one scale per group [out, in/group], fp16 or E8M0 bytes (uint8: 2^(e-127))
+    -> the table kernel's layout: uint8 [out/16, in/2, 16] (byte j: output j's codes for a pair of inputs, low
+    nibble first) and the scales [out/16, groups, 16] in their own dtype."""
     n, k = codes.shape
     c = codes.to(torch.uint8).reshape(n // 16, 16, k // 2, 2)
     packed = (c[..., 0] | (c[..., 1] << 4)).permute(0, 2, 1).contiguous()
-    sc = scale.half().reshape(n // 16, 16, -1).permute(0, 2, 1).contiguous()
+    sc = (scale if scale.dtype == torch.uint8 else scale.half()).reshape(n // 16, 16, -1).permute(0, 2, 1)
+    sc = sc.contiguous()
     return packed, sc
 
 
@@ -252,13 +253,13 @@ def table_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, tab
     int16 [32] (entries 0-15 used, |v| <= 2047), all on CPU. Call only where `supports_table()`."""
     if torch.compiler.is_compiling():
         return _table_matmul_op(x, packed, scale, table, unit, group_size, bias)
-    return _launch(2, x, packed, scale, bias, group_size, table, unit)
+    return _launch(2, x, packed, scale, bias, group_size, table, unit, scale.dtype == torch.uint8)
 
 
 @torch.library.custom_op("acik::table_matmul", mutates_args=())
 def _table_matmul_op(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, table: torch.Tensor, unit: float,
                      group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
-    return _launch(2, x, packed, scale, bias, group_size, table, unit)
+    return _launch(2, x, packed, scale, bias, group_size, table, unit, scale.dtype == torch.uint8)
 
 
 @_table_matmul_op.register_fake

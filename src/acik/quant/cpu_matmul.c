@@ -453,14 +453,15 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
 
    Layout (acik.quant.cpu_kernel.block_lut4): blocks of 16 outputs x 2 inputs, 16 bytes: byte j holds output j's
    code for the pair's first input in its low nibble and the second in its high nibble; block (b, p) at byte
-   (b * K/2 + p) * 16. Scales fp16 [N/16, K/group, 16] (NF4's absmax as stored), times `unit` at the end. */
+   (b * K/2 + p) * 16. Scales [N/16, K/group, 16], fp16 (NF4's absmax as stored) or E8M0 bytes (MXFP4's, 2^(e-127)),
+   times `unit` at the end. */
 
 #if ISA == 512
 #define LUT_CHUNK 16
 
-INLINE void tile_lut(const uint8_t *w, size_t KP, const uint16_t *sc, size_t groups, size_t gp, __m512i lut,
+INLINE void tile_lut(const uint8_t *w, size_t KP, const void *sc, size_t groups, size_t gp, __m512i lut,
                      const int32_t *a, size_t lda, const float *ascale, const float *bias, void *y, size_t ldy,
-                     int bf16, float unit, const int R, const int NB) {
+                     int bf16, float unit, int e8m0, const int R, const int NB) {
     __m512 facc[MAX_R][NB_MANY];
     const __m512i lo = _mm512_set1_epi32(0x0f), hi = _mm512_set1_epi32(0xf0);
     for (int r = 0; r < R; r++)
@@ -483,7 +484,10 @@ INLINE void tile_lut(const uint8_t *w, size_t KP, const uint16_t *sc, size_t gro
                 }
             }
             for (int j = 0; j < NB; j++) {
-                __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + ((size_t)j * groups + g) * 16)));
+                size_t at = ((size_t)j * groups + g) * 16;
+                __m512 s = e8m0 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                      _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)sc + at))), 23))
+                                : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)sc + at)));
                 for (int r = 0; r < R; r++) facc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), s, facc[r][j]);
             }
         }
@@ -501,23 +505,24 @@ INLINE void tile_lut(const uint8_t *w, size_t KP, const uint16_t *sc, size_t gro
 
 #define TILEL(R, NB) TILEL_(R, NB)
 #define TILEL_(R, NB)                                                                                        \
-    static void tilel_##R##_##NB(const uint8_t *w, size_t KP, const uint16_t *sc, size_t groups, size_t gp,   \
+    static void tilel_##R##_##NB(const uint8_t *w, size_t KP, const void *sc, size_t groups, size_t gp,       \
                                  __m512i lut, const int32_t *a, size_t lda, const float *as, const float *b,  \
-                                 void *y, size_t ldy, int bf16, float unit) {                                 \
-        tile_lut(w, KP, sc, groups, gp, lut, a, lda, as, b, y, ldy, bf16, unit, R, NB);                       \
+                                 void *y, size_t ldy, int bf16, float unit, int e8m0) {                       \
+        tile_lut(w, KP, sc, groups, gp, lut, a, lda, as, b, y, ldy, bf16, unit, e8m0, R, NB);                 \
     }
-typedef void (*tilel_fn)(const uint8_t *, size_t, const uint16_t *, size_t, size_t, __m512i, const int32_t *, size_t,
-                         const float *, const float *, void *, size_t, int, float);
+typedef void (*tilel_fn)(const uint8_t *, size_t, const void *, size_t, size_t, __m512i, const int32_t *, size_t,
+                         const float *, const float *, void *, size_t, int, float, int);
 TILEL(1, 1) TILEL(2, 1) TILEL(3, 1) TILEL(4, 1) TILEL(1, NB_MANY)
 #define NAMEL(R, NB) tilel_##R##_##NB
 #define EXPANDL(R, NB) NAMEL(R, NB)
 #endif
 
 /* y [M, N] = x [M, K] @ (lut[code] * scale * unit)^T (+ bias): w and sc laid out as above (N % 16 == 0, group
-   even, K % group == 0), lut 32 int16 (entries 0-15 used, each |v| <= 2047). Returns 0, -1 when out of memory,
+   even, K % group == 0; sc E8M0 bytes when e8m0, else fp16), lut 32 int16 (entries 0-15 used, each |v| <= 2047). Returns 0, -1 when out of memory,
    -2 where this build has no table path (AVX2). */
-int acik_lut4_matmul(const uint8_t *w, const uint16_t *sc, const float *bias, const void *x, void *y, int64_t M,
-                     int64_t N, int64_t K, int64_t group, const int16_t *lut16, float unit, int bf16, int nthreads) {
+int acik_lut4_matmul(const uint8_t *w, const void *sc, const float *bias, const void *x, void *y, int64_t M,
+                     int64_t N, int64_t K, int64_t group, const int16_t *lut16, float unit, int e8m0, int bf16,
+                     int nthreads) {
 #if ISA == 512
     size_t KP = (size_t)K / 2, nb = (size_t)N / 16, groups = (size_t)(K / group), gp = (size_t)group / 2;
     size_t esize = bf16 ? 2 : 4;
@@ -544,8 +549,9 @@ int acik_lut4_matmul(const uint8_t *w, const uint16_t *sc, const float *bias, co
             for (int64_t m = 0; m < M; m += MAX_R) {
                 int R = M - m < MAX_R ? (int)(M - m) : MAX_R;
                 tilel_fn fn = nbg == 1 ? rows[R - 1] : EXPANDL(1, NB_MANY);
-                fn(w + b * KP * 16, KP, sc + b * groups * 16, groups, gp, lut, (const int32_t *)(a + m * K), KP,
-                   ascale + m, bias ? bias + b * 16 : NULL, (char *)y + (m * N + b * 16) * esize, N, bf16, unit);
+                fn(w + b * KP * 16, KP, (const char *)sc + b * groups * 16 * (e8m0 ? 1 : 2), groups, gp, lut,
+                   (const int32_t *)(a + m * K), KP,
+                   ascale + m, bias ? bias + b * 16 : NULL, (char *)y + (m * N + b * 16) * esize, N, bf16, unit, e8m0);
             }
             b += nbg;
         }
@@ -554,7 +560,7 @@ int acik_lut4_matmul(const uint8_t *w, const uint16_t *sc, const float *bias, co
     return 0;
 #else
     (void)w, (void)sc, (void)lut16, (void)bias, (void)x, (void)y, (void)M, (void)N, (void)K, (void)group, (void)unit,
-        (void)bf16, (void)nthreads;
+        (void)e8m0, (void)bf16, (void)nthreads;
     return -2;
 #endif
 }

@@ -15,9 +15,8 @@ Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
   layout, built once on first use.
 - w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm` (on CUDA it needs
   more than 16 rows, so decode's few rows are zero-padded).
-- NF4: on x86-64 CPUs with AVX-512, acik's table kernel (acik.quant.cpu_kernel.table_matmul: each code looks up
-  an int16 level, NF4's levels times 2047); elsewhere the weight is dequantized per layer, per call.
-- MXFP4 has no packed kernel: the weight is dequantized per layer, per call.
+- NF4 and MXFP4: on x86-64 CPUs with AVX-512, acik's table kernel (acik.quant.cpu_kernel.table_matmul: each
+  code looks up an int16 level); elsewhere the weight is dequantized per layer, per call.
 Both packed kernels run much faster with bfloat16 activations than float32 ones on this CPU, so
 they compute in bfloat16 and hand back the input's dtype.
 """
@@ -28,14 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acik.quant import cpu_kernel, methods
+from acik.quant import cpu_kernel, methods, mxfp4
 
 KERNEL_DTYPE = torch.bfloat16
-# NF4's levels as the int16 table acik's table kernel reads (scaled by 2047, the largest that cannot overflow its
-# int32 sums; rounding them moves a weight by under 1/4094 of its block's absmax). Entries 16-31 are unused.
-NF4_TABLE_ONE = 2047.0
-NF4_TABLE = torch.zeros(32, dtype=torch.int16)
-NF4_TABLE[:16] = torch.round(torch.tensor(methods.NF4_LEVELS) * NF4_TABLE_ONE).to(torch.int16)
 
 
 class _QuantMatmul(torch.autograd.Function):
@@ -302,12 +296,73 @@ class Int4Linear(QuantLinear):
         return super()._load_from_state_dict(*args, **kwargs)
 
 
-class NF4Linear(QuantLinear):
+class TableLinear(QuantLinear):
+    """4-bit codes that stand for a table of levels times a scale per group (NF4, MXFP4). On x86-64 CPUs with
+    AVX-512 they run acik's table kernel (acik.quant.cpu_kernel.table_matmul: each code looks up an int16 level,
+    `TABLE` = the levels / `UNIT`); elsewhere each call dequantizes the weight. Subclasses say how their stored
+    buffers (`STORED`) give codes and group scales (`_table_inputs`)."""
+
+    TABLE: torch.Tensor
+    UNIT: float
+    STORED: tuple[str, ...]
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self._kernel: tuple | None = None
+
+    def _table_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes uint8 [out, in], scales [out, in/group]: fp16, or uint8 E8M0 exponents)."""
+        raise NotImplementedError
+
+    def _kernel_weights(self) -> tuple | None:
+        """The table kernel's layout (codes, scales), or None where it does not run."""
+        if self._kernel is None and "kernel_weight" in self._buffers:  # for_inference kept only these
+            self._kernel = (self.kernel_weight, self.kernel_scales)
+        if (self._kernel is None and self._buffers[self.STORED[0]].device.type == "cpu" and self.out_features % 16 == 0
+                and cpu_kernel.available() and cpu_kernel.supports_table()):
+            self._kernel = cpu_kernel.block_table(*self._table_inputs())
+        return self._kernel
+
+    def for_inference(self) -> None:
+        """Keep only the table kernel's layout (acik.model.inference.optimize), not the stored codes beside it."""
+        if self.STORED[0] in self._buffers and self._kernel_weights() is not None:
+            packed, scales = self._kernel
+            self.register_buffer("kernel_weight", packed, persistent=False)
+            self.register_buffer("kernel_scales", scales, persistent=False)
+            for name in self.STORED:
+                del self._buffers[name]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self._kernel or (self._kernel_weights() if x.device.type == "cpu" else None)
+        if kernel is None:
+            return super().matmul(x)
+        return cpu_kernel.table_matmul(x, *kernel, self.TABLE, self.UNIT, self.group_size)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+def _table(levels, unit: float) -> torch.Tensor:
+    table = torch.zeros(32, dtype=torch.int16)  # the kernel reads 32 entries; codes use the first 16
+    table[:16] = torch.round(torch.tensor(levels, dtype=torch.float64) / unit).to(torch.int16)
+    return table
+
+
+class NF4Linear(TableLinear):
     """QLoRA's NormalFloat4: `weight_packed` uint8 [out, in/2] and one fp16 `weight_absmax` per
     block of `group_size` inputs (no double quantization of the absmax: 0.25 bits per weight at
-    block 64). No packed kernel exists, so each call dequantizes the weight."""
+    block 64). The table kernel's levels are NF4's times 2047, rounded (the largest scale that cannot overflow
+    its int32 sums): a weight moves by under 1/4094 of its block's absmax, finer than bf16's rounding of it."""
 
     method = "nf4"
+    UNIT = 1 / 2047
+    TABLE = _table(methods.NF4_LEVELS, UNIT)
+    STORED = ("weight_packed", "weight_absmax")
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, device=None):
         super().__init__(in_features, out_features, bias, device)
@@ -316,7 +371,6 @@ class NF4Linear(QuantLinear):
                                                           device=device))
         self.register_buffer("weight_absmax", torch.ones(out_features, in_features // group_size,
                                                          dtype=torch.float16, device=device))
-        self._kernel: tuple | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int) -> NF4Linear:
@@ -330,47 +384,20 @@ class NF4Linear(QuantLinear):
     def _empty(self, out_features: int, bias: bool) -> NF4Linear:
         return NF4Linear(self.in_features, out_features, bias, self.group_size, "meta")
 
-    def _own_kernel(self) -> bool:
-        return (self.weight_absmax.device.type == "cpu" and self.out_features % 16 == 0
-                and cpu_kernel.available() and cpu_kernel.supports_table())
-
-    def _kernel_weights(self) -> tuple | None:
-        """acik's table kernel's layout (codes, absmax as stored), or None where it does not run."""
-        if self._kernel is None and "kernel_weight" in self._buffers:  # for_inference kept only these
-            self._kernel = (self.kernel_weight, self.kernel_scales)
-        if self._kernel is None and self._own_kernel():
-            self._kernel = cpu_kernel.block_table(methods.unpack_nibbles(self.weight_packed), self.weight_absmax)
-        return self._kernel
-
-    def for_inference(self) -> None:
-        """Keep only the table kernel's layout (acik.model.inference.optimize), not the stored codes beside it."""
-        if "weight_packed" in self._buffers and self._kernel_weights() is not None:
-            packed, scales = self._kernel
-            self.register_buffer("kernel_weight", packed, persistent=False)
-            self.register_buffer("kernel_scales", scales, persistent=False)
-            del self._buffers["weight_packed"], self._buffers["weight_absmax"]
-
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self._kernel or (self._kernel_weights() if x.device.type == "cpu" else None)
-        if kernel is None:
-            return super().matmul(x)
-        return cpu_kernel.table_matmul(x, *kernel, NF4_TABLE, 1.0 / NF4_TABLE_ONE, self.group_size)
-
-    def _apply(self, fn, recurse=True):
-        self._kernel = None
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._kernel = None
-        return super()._load_from_state_dict(*args, **kwargs)
+    def _table_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return methods.unpack_nibbles(self.weight_packed), self.weight_absmax
 
 
-class MXFP4Linear(QuantLinear):
+class MXFP4Linear(TableLinear):
     """OCP MXFP4 as gpt-oss stores it: `weight_blocks` uint8 [out, in/32, 16], `weight_scales`
-    uint8 [out, in/32] (E8M0). Dequantized per call."""
+    uint8 [out, in/32] (E8M0). The table kernel's levels are E2M1's times 2, exact, and it reads the E8M0 scales
+    as stored."""
 
     method = "mxfp4"
     group_size = 32
+    UNIT = 0.5
+    TABLE = _table(mxfp4.FP4_VALUES, UNIT)
+    STORED = ("weight_blocks", "weight_scales")
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
         super().__init__(in_features, out_features, bias, device)
@@ -390,6 +417,9 @@ class MXFP4Linear(QuantLinear):
 
     def _empty(self, out_features: int, bias: bool) -> MXFP4Linear:
         return MXFP4Linear(self.in_features, out_features, bias, "meta")
+
+    def _table_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return methods.unpack_nibbles(self.weight_blocks.reshape(self.out_features, -1)), self.weight_scales
 
 
 LAYERS = (Int8Linear, Int4Linear, NF4Linear, MXFP4Linear)
