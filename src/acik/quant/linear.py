@@ -53,6 +53,7 @@ class QuantLinear(nn.Module):
 
     method: str = ""
     group_size: int | None = None
+    _kernel: tuple | None = None  # what the layer's CPU kernel reads, built on first use (subclasses)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
         super().__init__()
@@ -71,6 +72,7 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.dequantize(x.dtype))
 
     def _apply(self, fn, recurse=True):
+        self._kernel = None  # moved or cast: the kernel's layout is rebuilt from the buffers on next use
         # `model.to(torch.bfloat16)` must move the codes and scales, not round the scales to bf16.
         before = {name: b for name, b in self._buffers.items() if b is not None}
         out = super()._apply(fn, recurse)
@@ -78,6 +80,10 @@ class QuantLinear(nn.Module):
             if self._buffers[name].dtype != old.dtype:  # keep the stored values; take only the device
                 self._buffers[name] = old.to(self._buffers[name].device)
         return out
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [out, in] these codes stand for, in `dtype`."""
@@ -139,7 +145,6 @@ class Int8Linear(QuantLinear):
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.activations = activations
         self.method = "w8a8" if activations else "int8"
-        self._kernel: tuple | None = None  # per device: what the kernel reads, built on first use
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activations: bool = False) -> Int8Linear:
@@ -202,14 +207,6 @@ class Int8Linear(QuantLinear):
             y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), weight, scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
-    def _apply(self, fn, recurse=True):
-        self._kernel = None
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._kernel = None
-        return super()._load_from_state_dict(*args, **kwargs)
-
 
 class Int4Linear(QuantLinear):
     """Asymmetric 4-bit weights in groups of `group_size` along the input dimension, round to
@@ -227,7 +224,6 @@ class Int4Linear(QuantLinear):
                                                           device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=torch.float16, device=device))
         self.register_buffer("weight_zero", torch.zeros(out_features, groups, dtype=torch.float16, device=device))
-        self._kernel: tuple | None = None  # (device, packed weight, scales-and-offsets), built on first use
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int, hqq: bool = False) -> Int4Linear:
@@ -287,14 +283,6 @@ class Int4Linear(QuantLinear):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(_flat(x).to(KERNEL_DTYPE), packed, self.group_size, sz)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
-    def _apply(self, fn, recurse=True):
-        self._kernel = None  # moved or cast: rebuild the kernel layout from the buffers
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._kernel = None
-        return super()._load_from_state_dict(*args, **kwargs)
-
 
 class TableLinear(QuantLinear):
     """4-bit codes that stand for a table of levels times a scale per group (NF4, MXFP4). On x86-64 CPUs with
@@ -305,10 +293,6 @@ class TableLinear(QuantLinear):
     TABLE: torch.Tensor
     UNIT: float
     STORED: tuple[str, ...]
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
-        super().__init__(in_features, out_features, bias, device)
-        self._kernel: tuple | None = None
 
     def _table_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes uint8 [out, in], scales [out, in/group]: fp16, or uint8 E8M0 exponents)."""
@@ -337,14 +321,6 @@ class TableLinear(QuantLinear):
         if kernel is None:
             return super().matmul(x)
         return cpu_kernel.table_matmul(x, *kernel, self.TABLE, self.UNIT, self.group_size)
-
-    def _apply(self, fn, recurse=True):
-        self._kernel = None
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._kernel = None
-        return super()._load_from_state_dict(*args, **kwargs)
 
 
 def _table(levels, unit: float) -> torch.Tensor:
