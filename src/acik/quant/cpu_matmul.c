@@ -43,6 +43,22 @@
 
 int acik_int8_isa(void) { return ISA; }
 
+/* How many threads to use for nb blocks, and this thread's contiguous share of them (inside the team). */
+static inline int team_size(int nthreads, size_t nb) {
+    if ((size_t)nthreads > nb) nthreads = (int)nb;
+    return nthreads < 1 ? 1 : nthreads;
+}
+
+static inline void my_blocks(size_t nb, size_t *b0, size_t *b1) {
+#ifdef _OPENMP
+    size_t t = (size_t)omp_get_thread_num(), T = (size_t)omp_get_num_threads();
+#else
+    size_t t = 0, T = 1;
+#endif
+    *b0 = nb * t / T, *b1 = nb * (t + 1) / T;
+}
+
+
 /* Rows [r, 16 * NB outputs] of partial sums over k-pairs [p0, p1), added into part (fp32). */
 INLINE void chunk(const int8_t *w, size_t KP, const int32_t *a, size_t lda, size_t p0, size_t p1, float *part,
                   const int R, const int NB) {
@@ -223,16 +239,11 @@ int acik_int8_matmul(const int8_t *w, const float *wscale, const float *bias, co
     tile_fn many[MAX_R] = {EXPAND(1, NB_MANY), EXPAND(2, NB_MANY), EXPAND(3, NB_MANY), EXPAND(4, NB_MANY)};
     tile_fn single[MAX_R] = {NAME(1, 1), NAME(2, 1), NAME(3, 1), NAME(4, 1)};
     int group = M == 1 ? NB_ONE : NB_MANY;
-    if (nthreads < 1) nthreads = 1;
-    if ((size_t)nthreads > nb) nthreads = (int)nb;
+    nthreads = team_size(nthreads, nb);
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        int t = 0, T = 1;
-#endif
-        size_t b0 = nb * t / T, b1 = nb * (t + 1) / T; /* this thread's blocks */
+        size_t b0, b1;
+        my_blocks(nb, &b0, &b1);
         for (size_t b = b0; b < b1;) {
             int nbg = b1 - b >= (size_t)group ? group : 1;
             const int8_t *wb = w + b * KP * 32;
@@ -414,17 +425,12 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
         }
     }
     tile4_fn rows[MAX_R4] = {tile4_1_1, tile4_2_1, tile4_3_1, tile4_4_1};
-    if (nthreads < 1) nthreads = 1;
-    if ((size_t)nthreads > nb) nthreads = (int)nb;
+    nthreads = team_size(nthreads, nb);
     size_t lda = (size_t)K / 4; /* int32 lanes of 4 bytes per row */
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        int t = 0, T = 1;
-#endif
-        size_t b0 = nb * t / T, b1 = nb * (t + 1) / T;
+        size_t b0, b1;
+        my_blocks(nb, &b0, &b1);
         for (size_t b = b0; b < b1;) {
             int nbg = (M == 1 && b1 - b >= (size_t)NB4_ONE) ? NB4_ONE : 1;
             const uint8_t *wb = w + b * KC * 64;
@@ -534,16 +540,11 @@ int acik_lut4_matmul(const uint8_t *w, const void *sc, const float *bias, const 
         quantize_row((const char *)x + m * K * esize, bf16, K, a + m * K, ascale + m, 32767.f);
     const __m512i lut = _mm512_loadu_si512((const void *)lut16);
     tilel_fn rows[MAX_R] = {tilel_1_1, tilel_2_1, tilel_3_1, tilel_4_1};
-    if (nthreads < 1) nthreads = 1;
-    if ((size_t)nthreads > nb) nthreads = (int)nb;
+    nthreads = team_size(nthreads, nb);
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        int t = 0, T = 1;
-#endif
-        size_t b0 = nb * t / T, b1 = nb * (t + 1) / T;
+        size_t b0, b1;
+        my_blocks(nb, &b0, &b1);
         for (size_t b = b0; b < b1;) {
             int nbg = (M == 1 && b1 - b >= (size_t)NB_MANY) ? NB_MANY : 1;
             for (int64_t m = 0; m < M; m += MAX_R) {
