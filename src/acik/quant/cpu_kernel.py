@@ -1,16 +1,18 @@
-"""acik's own weight-only int8 and int4 matmuls for x86-64 CPUs (cpu_matmul.c), built on first use.
+"""acik's own weight-only matmuls for x86-64 CPUs (cpu_matmul.c), built on first use: int8, int4, and a table
+kernel for the 4-bit formats whose levels are not evenly spaced (NF4, MXFP4; AVX-512 only).
 
 PyTorch's `_weight_int8pack_mm` reads int8 weights at about a third of this project's CPU's memory speed,
-so int8 decode was barely faster than bf16, and its int4 kernel is compute-bound. The C kernels multiply the
-weights by int16-quantized activations with AVX-512 VNNI (or AVX2) integer dot products over blocked
-weight layouts (docs/quantization.md "acik's CPU kernels").
+so int8 decode was barely faster than bf16, and PyTorch has no NF4 or MXFP4 kernel at all. The C kernels
+multiply the weights by int16-quantized activations with AVX-512 VNNI (or AVX2) integer dot products over
+blocked weight layouts (docs/quantization.md "acik's CPU kernels").
 
 It is compiled once per machine with the C compiler `torch.compile` also needs on CPU (`$CC`, else `cc`),
 for this CPU (`-march=native`), and cached under `$XDG_CACHE_HOME/acik/kernels` (~/.cache). It links the
 OpenMP runtime torch loaded, so both share one pool of worker threads (two pools on two cores slow every
 parallel region down: acik.engine.openmp). Where it cannot be built (no compiler, no AVX2, not Linux
-x86-64, torch without OpenMP) or `ACIK_CPU_KERNELS=0`, `available()` is False and Int8Linear keeps using
-PyTorch's kernel. `ACIK_CPU_KERNEL_MARCH` overrides `-march` (the tests build the AVX2 path this way).
+x86-64, torch without OpenMP) or `ACIK_CPU_KERNELS=0`, `available()` is False and the quantized layers use
+PyTorch's kernels or dequantize per call. `ACIK_CPU_KERNEL_MARCH` overrides `-march` (the tests build the AVX2
+path this way).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _library(march: str) -> ctypes.CDLL | None:
     lib.acik_lut4_matmul.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_float]
                                      + [ctypes.c_int] * 3)
     lib.acik_lut4_matmul.restype = ctypes.c_int
-    lib.acik_int8_isa.restype = ctypes.c_int
+    lib.acik_isa.restype = ctypes.c_int
     return lib
 
 
@@ -123,7 +125,7 @@ def available() -> bool:
 def isa() -> str | None:
     """Which instruction set the kernel was built for: "avx512-vnni", "avx2", or None."""
     lib = library()
-    return None if lib is None else {512: "avx512-vnni", 256: "avx2"}[lib.acik_int8_isa()]
+    return None if lib is None else {512: "avx512-vnni", 256: "avx2"}[lib.acik_isa()]
 
 
 def supports(out_features: int, in_features: int, group_size: int | None = None) -> bool:
@@ -172,9 +174,12 @@ def _launch(which: int, x: torch.Tensor, weight: torch.Tensor, scales: torch.Ten
         library()
         kernel = _KERNEL[which]
     extra = tuple(e.data_ptr() if isinstance(e, torch.Tensor) else e for e in extra)
-    if rows and kernel(weight.data_ptr(), scales.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
-                       y.data_ptr(), rows, n, k, *extra, x.dtype == torch.bfloat16, torch.get_num_threads()):
+    err = rows and kernel(weight.data_ptr(), scales.data_ptr(), 0 if bias is None else bias.data_ptr(), x.data_ptr(),
+                          y.data_ptr(), rows, n, k, *extra, x.dtype == torch.bfloat16, torch.get_num_threads())
+    if err == -1:
         raise MemoryError("acik's CPU kernel could not allocate its activation buffers")
+    if err:
+        raise RuntimeError(f"acik's CPU kernel {which} is not in this build (isa {isa()}); check supports_table()")
     return y
 
 

@@ -1,5 +1,5 @@
-/* Weight-only int8 and int4 matmuls for x86-64 CPUs, for acik's Int8Linear and Int4Linear. This first part:
-   int8, y = x @ (w * w_scale)^T + bias; int4 follows below.
+/* Weight-only matmuls for x86-64 CPUs, for acik's Int8Linear, Int4Linear and the 4-bit table formats (NF4,
+   MXFP4). This first part: int8, y = x @ (w * w_scale)^T + bias; int4 and the table kernel follow below.
 
    Why: a decode step reads every weight once for one row of activations, so its speed is how fast the
    weights stream from memory. PyTorch's `_weight_int8pack_mm` converts each int8 weight to float before
@@ -33,7 +33,7 @@
 #elif defined(__AVX2__)
 #define ISA 256
 #else
-#error "acik's int8 kernel needs AVX2 or AVX-512 VNNI"
+#error "acik's CPU kernels need AVX2 or AVX-512 VNNI"
 #endif
 
 #define CHUNK 128
@@ -41,7 +41,7 @@
 #define MAX_NB 8
 #define INLINE static inline __attribute__((always_inline))
 
-int acik_int8_isa(void) { return ISA; }
+int acik_isa(void) { return ISA; }
 
 /* How many threads to use for nb blocks, and this thread's contiguous share of them (inside the team). */
 static inline int team_size(int nthreads, size_t nb) {
@@ -57,7 +57,6 @@ static inline void my_blocks(size_t nb, size_t *b0, size_t *b1) {
 #endif
     *b0 = nb * t / T, *b1 = nb * (t + 1) / T;
 }
-
 
 /* Rows [r, 16 * NB outputs] of partial sums over k-pairs [p0, p1), added into part (fp32). */
 INLINE void chunk(const int8_t *w, size_t KP, const int32_t *a, size_t lda, size_t p0, size_t p1, float *part,
@@ -118,17 +117,24 @@ static inline float from_bf16(uint16_t h) {
     return f;
 }
 
+/* A tile's epilogue, shared by the kernels: R rows of 16 * NB fp32 sums in `part`, times the row's activation
+   scale, `unit` and (int8) each output's weight scale, plus the bias, stored in y's dtype. */
+static inline void store_rows(const float *part, int R, int width, const float *wscale, const float *ascale,
+                              float unit, const float *bias, void *y, size_t ldy, int bf16) {
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < width; n++) {
+            float v = part[r * width + n] * (wscale ? wscale[n] : 1.f) * ascale[r] * unit + (bias ? bias[n] : 0.f);
+            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
+            else ((float *)y)[r * ldy + n] = v;
+        }
+}
+
 /* R rows x NB blocks: sum over all of K, then scale, add bias and store in y's dtype. */
 INLINE void tile(const int8_t *w, size_t KP, const int32_t *a, const float *ascale, const float *wscale,
                  const float *bias, void *y, size_t ldy, int bf16, const int R, const int NB) {
     float part[MAX_R * MAX_NB * 16] = {0};
     for (size_t p0 = 0; p0 < KP; p0 += CHUNK) chunk(w, KP, a, KP, p0, p0 + CHUNK < KP ? p0 + CHUNK : KP, part, R, NB);
-    for (int r = 0; r < R; r++)
-        for (int n = 0; n < NB * 16; n++) {
-            float v = part[r * NB * 16 + n] * wscale[n] * ascale[r] + (bias ? bias[n] : 0.f);
-            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
-            else ((float *)y)[r * ldy + n] = v;
-        }
+    store_rows(part, R, NB * 16, wscale, ascale, 1.f, bias, y, ldy, bf16);
 }
 
 /* Each instance fixes R and NB at compile time, so the accumulators stay in registers. */
@@ -227,13 +233,10 @@ static void quantize_row(const void *x, int bf16, size_t K, int16_t *a, float *s
 int acik_int8_matmul(const int8_t *w, const float *wscale, const float *bias, const void *x, void *y, int64_t M,
                      int64_t N, int64_t K, int bf16, int nthreads) {
     size_t KP = (size_t)K / 2, nb = (size_t)N / 16, esize = bf16 ? 2 : 4;
-    int16_t *a = malloc((size_t)M * K * sizeof(int16_t) + 64);
-    float *ascale = malloc((size_t)M * sizeof(float) + 64);
-    if (!a || !ascale) {
-        free(a);
-        free(ascale);
-        return -1;
-    }
+    char *buf = malloc((size_t)M * (K * sizeof(int16_t) + sizeof(float)) + 64); /* activations, row scales */
+    if (!buf) return -1;
+    int16_t *a = (int16_t *)buf;
+    float *ascale = (float *)(a + M * K);
     for (int64_t m = 0; m < M; m++) quantize_row((const char *)x + m * K * esize, bf16, K, a + m * K, ascale + m, 32767.f);
     const int32_t *a32 = (const int32_t *)a; /* pairs of int16, one broadcast each */
     tile_fn many[MAX_R] = {EXPAND(1, NB_MANY), EXPAND(2, NB_MANY), EXPAND(3, NB_MANY), EXPAND(4, NB_MANY)};
@@ -256,8 +259,7 @@ int acik_int8_matmul(const int8_t *w, const float *wscale, const float *bias, co
             b += nbg;
         }
     }
-    free(a);
-    free(ascale);
+    free(buf);
     return 0;
 }
 
@@ -275,7 +277,6 @@ int acik_int8_matmul(const int8_t *w, const float *wscale, const float *bias, co
    nibbles gives each output's 4 codes for inputs 0-3 in one int32 lane, shifting gives inputs 4-7. Block
    (b, c) is at byte (b * K/8 + c) * 64. Scales and zero points: fp16 [N/16, K/G, 2, 16]. */
 
-#define MAX_R4 4
 #if ISA == 512
 #define NB4_ONE 4
 #else
@@ -288,16 +289,16 @@ INLINE void tile4(const uint8_t *w, size_t KC, const uint16_t *so, size_t groups
     /* KC: 8-input chunks in a row; gc: chunks per group; alo/ahi: the activations' low and high bytes, 4 a
        lane; asum [R][groups]: sum of a over each group. */
 #if ISA == 512
-    __m512 facc[MAX_R4][NB4_ONE];
+    __m512 facc[MAX_R][NB4_ONE];
     const __m512i nib = _mm512_set1_epi8(0x0f);
     for (int r = 0; r < R; r++)
         for (int j = 0; j < NB; j++) facc[r][j] = _mm512_setzero_ps();
     for (size_t g = 0; g < groups; g++) {
-        __m512i lo[MAX_R4][NB4_ONE], hi[MAX_R4][NB4_ONE];
+        __m512i lo[MAX_R][NB4_ONE], hi[MAX_R][NB4_ONE];
         for (int r = 0; r < R; r++)
             for (int j = 0; j < NB; j++) lo[r][j] = hi[r][j] = _mm512_setzero_si512();
         for (size_t c = g * gc; c < (g + 1) * gc; c++) {
-            __m512i b[MAX_R4][4];
+            __m512i b[MAX_R][4];
             for (int r = 0; r < R; r++) {
                 const int32_t *l = alo + r * lda + 2 * c, *h = ahi + r * lda + 2 * c;
                 b[r][0] = _mm512_set1_epi32(l[0]), b[r][1] = _mm512_set1_epi32(l[1]);
@@ -309,10 +310,8 @@ INLINE void tile4(const uint8_t *w, size_t KC, const uint16_t *so, size_t groups
                 for (int r = 0; r < R; r++) {
                     lo[r][j] = _mm512_dpbusd_epi32(lo[r][j], q0, b[r][0]);
                     lo[r][j] = _mm512_dpbusd_epi32(lo[r][j], q1, b[r][1]);
-#ifndef NOHI
                     hi[r][j] = _mm512_dpbusd_epi32(hi[r][j], q0, b[r][2]);
                     hi[r][j] = _mm512_dpbusd_epi32(hi[r][j], q1, b[r][3]);
-#endif
                 }
             }
         }
@@ -327,16 +326,16 @@ INLINE void tile4(const uint8_t *w, size_t KC, const uint16_t *so, size_t groups
             }
         }
     }
-    float part[MAX_R4 * NB4_ONE * 16];
+    float part[MAX_R * NB4_ONE * 16];
     for (int r = 0; r < R; r++)
         for (int j = 0; j < NB; j++) _mm512_storeu_ps(part + (r * NB + j) * 16, facc[r][j]);
 #else
     /* AVX2: a block is two halves of 8 outputs (bytes 0-31 and 32-63); NB is 1. */
-    __m256 facc[MAX_R4][2];
+    __m256 facc[MAX_R][2];
     const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     for (int r = 0; r < R; r++) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
     for (size_t g = 0; g < groups; g++) {
-        __m256i lo[MAX_R4][2], hi[MAX_R4][2];
+        __m256i lo[MAX_R][2], hi[MAX_R][2];
         (void)KC; /* one block a tile: no stride between blocks */
         for (int r = 0; r < R; r++) lo[r][0] = lo[r][1] = hi[r][0] = hi[r][1] = _mm256_setzero_si256();
         for (size_t c = g * gc; c < (g + 1) * gc; c++) {
@@ -366,18 +365,13 @@ INLINE void tile4(const uint8_t *w, size_t KC, const uint16_t *so, size_t groups
             }
         }
     }
-    float part[MAX_R4 * 16];
+    float part[MAX_R * 16];
     for (int r = 0; r < R; r++) {
         _mm256_storeu_ps(part + r * 16, facc[r][0]);
         _mm256_storeu_ps(part + r * 16 + 8, facc[r][1]);
     }
 #endif
-    for (int r = 0; r < R; r++)
-        for (int n = 0; n < NB * 16; n++) {
-            float v = part[r * NB * 16 + n] * ascale[r] + (bias ? bias[n] : 0.f);
-            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
-            else ((float *)y)[r * ldy + n] = v;
-        }
+    store_rows(part, R, NB * 16, NULL, ascale, 1.f, bias, y, ldy, bf16);
 }
 /* (maddubs adds two code x byte products into int16 and the two calls add again: at most 4 * 15 * 128 =
    7680, well inside int16, so its saturation never triggers.) */
@@ -424,7 +418,7 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
             asum[m * groups + g] = (float)sum;
         }
     }
-    tile4_fn rows[MAX_R4] = {tile4_1_1, tile4_2_1, tile4_3_1, tile4_4_1};
+    tile4_fn rows[MAX_R] = {tile4_1_1, tile4_2_1, tile4_3_1, tile4_4_1};
     nthreads = team_size(nthreads, nb);
     size_t lda = (size_t)K / 4; /* int32 lanes of 4 bytes per row */
 #pragma omp parallel num_threads(nthreads)
@@ -435,8 +429,8 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
             int nbg = (M == 1 && b1 - b >= (size_t)NB4_ONE) ? NB4_ONE : 1;
             const uint8_t *wb = w + b * KC * 64;
             const uint16_t *sb = so + b * groups * 32;
-            for (int64_t m = 0; m < M; m += MAX_R4) {
-                int R = M - m < MAX_R4 ? (int)(M - m) : MAX_R4;
+            for (int64_t m = 0; m < M; m += MAX_R) {
+                int R = M - m < MAX_R ? (int)(M - m) : MAX_R;
                 tile4_fn fn = nbg == 1 ? rows[R - 1] : EXPAND4(1, NB4_ONE);
                 fn(wb, KC, sb, groups, gc, (const int32_t *)(lo + m * K), (const int32_t *)(hi + m * K), lda,
                    asum + m * groups, ascale + m, bias ? bias + b * 16 : NULL, (char *)y + (m * N + b * 16) * esize, N,
@@ -449,15 +443,16 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
     return 0;
 }
 
-/* ---- 4-bit codes through a table: y = x @ (level[q] * scale)^T + bias, for NF4 (AVX-512 only) ----
+/* ---- 4-bit codes through a table: y = x @ (level[q] * scale)^T + bias, for NF4 and MXFP4 (AVX-512 only) ----
 
-   NF4's 16 levels are not integers, so the int4 path above cannot take them. Here each code looks up an int16
+   NF4's and MXFP4's 16 levels are not evenly spaced, so the int4 path above cannot take them. Here each code looks up an int16
    level (the caller's table: NF4's levels times 2047, rounded; their error, under 1/4094 of a block's absmax,
-   is finer than bf16's rounding of the dequantized weight for every weight above 1/8 of it) with vpermw, and
+   is finer than bf16's rounding of the dequantized weight for every weight above 1/8 of it; MXFP4's times 2,
+   exact) with vpermw, and
    vpdpwssd multiplies pairs of levels by pairs of int16 activations as the int8 path does. Partial sums go to
    float every 16 pairs (32 inputs), before 32 * 2047 * 32767 could overflow int32, times the group's scale.
 
-   Layout (acik.quant.cpu_kernel.block_lut4): blocks of 16 outputs x 2 inputs, 16 bytes: byte j holds output j's
+   Layout (acik.quant.cpu_kernel.block_table): blocks of 16 outputs x 2 inputs, 16 bytes: byte j holds output j's
    code for the pair's first input in its low nibble and the second in its high nibble; block (b, p) at byte
    (b * K/2 + p) * 16. Scales [N/16, K/group, 16], fp16 (NF4's absmax as stored) or E8M0 bytes (MXFP4's, 2^(e-127)),
    times `unit` at the end. */
@@ -501,12 +496,7 @@ INLINE void tile_lut(const uint8_t *w, size_t KP, const void *sc, size_t groups,
     float part[MAX_R * NB_MANY * 16];
     for (int r = 0; r < R; r++)
         for (int j = 0; j < NB; j++) _mm512_storeu_ps(part + (r * NB + j) * 16, facc[r][j]);
-    for (int r = 0; r < R; r++)
-        for (int n = 0; n < NB * 16; n++) {
-            float v = part[r * NB * 16 + n] * ascale[r] * unit + (bias ? bias[n] : 0.f);
-            if (bf16) ((uint16_t *)y)[r * ldy + n] = to_bf16(v);
-            else ((float *)y)[r * ldy + n] = v;
-        }
+    store_rows(part, R, NB * 16, NULL, ascale, unit, bias, y, ldy, bf16);
 }
 
 #define TILEL(R, NB) TILEL_(R, NB)
@@ -524,8 +514,8 @@ TILEL(1, 1) TILEL(2, 1) TILEL(3, 1) TILEL(4, 1) TILEL(1, NB_MANY)
 #endif
 
 /* y [M, N] = x [M, K] @ (lut[code] * scale * unit)^T (+ bias): w and sc laid out as above (N % 16 == 0, group
-   even, K % group == 0; sc E8M0 bytes when e8m0, else fp16), lut 32 int16 (entries 0-15 used, each |v| <= 2047). Returns 0, -1 when out of memory,
-   -2 where this build has no table path (AVX2). */
+   even, K % group == 0; sc E8M0 bytes when e8m0, else fp16), lut 32 int16 (entries 0-15 used, each |v| <= 2047).
+   Returns 0, -1 when out of memory, -2 where this build has no table path (AVX2). */
 int acik_lut4_matmul(const uint8_t *w, const void *sc, const float *bias, const void *x, void *y, int64_t M,
                      int64_t N, int64_t K, int64_t group, const int16_t *lut16, float unit, int e8m0, int bf16,
                      int nthreads) {
@@ -551,8 +541,8 @@ int acik_lut4_matmul(const uint8_t *w, const void *sc, const float *bias, const 
                 int R = M - m < MAX_R ? (int)(M - m) : MAX_R;
                 tilel_fn fn = nbg == 1 ? rows[R - 1] : EXPANDL(1, NB_MANY);
                 fn(w + b * KP * 16, KP, (const char *)sc + b * groups * 16 * (e8m0 ? 1 : 2), groups, gp, lut,
-                   (const int32_t *)(a + m * K), KP,
-                   ascale + m, bias ? bias + b * 16 : NULL, (char *)y + (m * N + b * 16) * esize, N, bf16, unit, e8m0);
+                   (const int32_t *)(a + m * K), KP, ascale + m, bias ? bias + b * 16 : NULL,
+                   (char *)y + (m * N + b * 16) * esize, N, bf16, unit, e8m0);
             }
             b += nbg;
         }

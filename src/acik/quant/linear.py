@@ -299,13 +299,15 @@ class TableLinear(QuantLinear):
         raise NotImplementedError
 
     def _kernel_weights(self) -> tuple | None:
-        """The table kernel's layout (codes, scales), or None where it does not run."""
+        """The table kernel's layout (codes, scales), or None where it does not run. Either answer is kept until the
+        layer moves (an empty tuple for "none"), so a machine without the kernel does not ask again per call."""
         if self._kernel is None and "kernel_weight" in self._buffers:  # for_inference kept only these
             self._kernel = (self.kernel_weight, self.kernel_scales)
-        if (self._kernel is None and self._buffers[self.STORED[0]].device.type == "cpu" and self.out_features % 16 == 0
-                and cpu_kernel.available() and cpu_kernel.supports_table()):
-            self._kernel = cpu_kernel.block_table(*self._table_inputs())
-        return self._kernel
+        if self._kernel is None:
+            runs = (self._buffers[self.STORED[0]].device.type == "cpu" and self.out_features % 16 == 0
+                    and cpu_kernel.available() and cpu_kernel.supports_table())
+            self._kernel = cpu_kernel.block_table(*self._table_inputs()) if runs else ()
+        return self._kernel or None
 
     def for_inference(self) -> None:
         """Keep only the table kernel's layout (acik.model.inference.optimize), not the stored codes beside it."""
@@ -317,7 +319,7 @@ class TableLinear(QuantLinear):
                 del self._buffers[name]
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = self._kernel or (self._kernel_weights() if x.device.type == "cpu" else None)
+        kernel = self._kernel_weights() if x.device.type == "cpu" else None
         if kernel is None:
             return super().matmul(x)
         return cpu_kernel.table_matmul(x, *kernel, self.TABLE, self.UNIT, self.group_size)
