@@ -4,15 +4,17 @@ reference (forward and backward), directories other tools read, and bad input.""
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 import torch
 
 import acik
 from acik.config import ModelConfig
+from acik.kernels import build, cpu_matmul
 from acik.llm import LLM
 from acik.model import Transformer
-from acik.quant import METHODS, QuantizationError, cpu_kernel, methods, quantize_model
+from acik.quant import METHODS, QuantizationError, methods, quantize_model
 from acik.quant.formats import _pack_rows, _unpack_rows, pack_int32
 from acik.quant.linear import Int4Linear, Int8Linear, QuantLinear
 
@@ -200,7 +202,7 @@ def test_quantized_linear_matches_dequantized_reference(method, dtype):
     # The packed kernels compute in bf16; w8a8 also rounds the activations to int8 per token.
     tol = {"w8a8": 0.03}.get(method, 0.01 if (dtype == torch.bfloat16 or method in ("int8", "int4", "int4-hqq"))
                              else 1e-5)
-    if method in ("nf4", "mxfp4") and dtype == torch.float32 and cpu_kernel.supports_table():
+    if method in ("nf4", "mxfp4") and dtype == torch.float32 and cpu_matmul.supports_table():
         tol = 2e-3  # the table kernel: int16 activations, NF4's levels rounded to 1/2047
     scale = y_ref.abs().max().item()
     assert (y.float() - y_ref).abs().max().item() <= tol * scale
@@ -244,15 +246,15 @@ def test_int4_kernel_used_and_fallback_for_odd_widths():
 
 
 needs_cpu_kernels = pytest.mark.skipif(
-    not cpu_kernel.available(),
+    not cpu_matmul.available(),
     reason="acik's CPU kernels cannot be built here (they need Linux x86-64 with AVX2, a C compiler, OpenMP torch)")
 
 
 def test_int8_kernel_layout_round_trips():
     codes = torch.randint(-127, 128, (48, 10), dtype=torch.int8)
-    blocked = cpu_kernel.block(codes)
+    blocked = cpu_matmul.block(codes)
     assert blocked.shape == (3, 5, 16, 2) and torch.equal(blocked[1, 2, 3], codes[16 + 3, 4:6])
-    assert torch.equal(cpu_kernel.unblock(blocked), codes)
+    assert torch.equal(cpu_matmul.unblock(blocked), codes)
 
 
 @needs_cpu_kernels
@@ -262,7 +264,7 @@ def test_int8_kernel_matches_the_dequantized_reference(march, monkeypatch):
     output (it rounds activations to int16), bf16 to its output rounding. Shapes with odd block counts (the
     tiles' tails), in_features past one int32 chunk and not a multiple of it, 0-9 rows, one and two threads."""
     monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
-    assert cpu_kernel.isa() in (("avx2",) if march == "haswell" else ("avx2", "avx512-vnni"))
+    assert cpu_matmul.isa() in (("avx2",) if march == "haswell" else ("avx2", "avx512-vnni"))
     g = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     try:
@@ -276,7 +278,7 @@ def test_int8_kernel_matches_the_dequantized_reference(march, monkeypatch):
             scale = torch.rand(n, generator=g) * 0.01 + 1e-4
             b = torch.randn(n, generator=g) if bias else None
             x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) * 3).to(dtype)
-            y = cpu_kernel.int8_matmul(x, cpu_kernel.block(codes), scale, b)
+            y = cpu_matmul.int8_matmul(x, cpu_matmul.block(codes), scale, b)
             ref = torch.nn.functional.linear(x.double(), codes.double() * scale.double()[:, None],
                                              None if b is None else b.double())
             assert y.dtype == dtype and y.shape == (rows, n)
@@ -290,7 +292,7 @@ def test_int8_kernel_matches_the_dequantized_reference(march, monkeypatch):
 def test_int4_kernel_layout():
     codes = torch.randint(0, 16, (32, 64), dtype=torch.uint8)
     scale, zero = torch.rand(32, 2).half(), (torch.rand(32, 2) * 15).half()
-    packed, so = cpu_kernel.block_int4(codes, scale, zero)
+    packed, so = cpu_matmul.block_int4(codes, scale, zero)
     assert packed.shape == (2, 8, 16, 4) and so.shape == (2, 2, 2, 16) and so.dtype == torch.float16
     # block 1, inputs 16-23, output 16 + 5: byte t holds inputs 16 + t (low nibble) and 20 + t (high)
     assert torch.equal(packed[1, 2, 5] & 15, codes[21, 16:20]) and torch.equal(packed[1, 2, 5] >> 4, codes[21, 20:24])
@@ -303,7 +305,7 @@ def test_int4_kernel_matches_the_dequantized_reference(march, monkeypatch):
     """acik's int4 kernel against the float64 matmul with the dequantized weight, for round-to-nearest and HQQ's
     fractional zero points, groups of 32/64/128, block counts with tails, 0-9 rows, one and two threads."""
     monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
-    assert cpu_kernel.isa() in (("avx2",) if march == "haswell" else ("avx2", "avx512-vnni"))
+    assert cpu_matmul.isa() in (("avx2",) if march == "haswell" else ("avx2", "avx512-vnni"))
     g = torch.Generator().manual_seed(1)
     threads = torch.get_num_threads()
     try:
@@ -315,10 +317,10 @@ def test_int4_kernel_matches_the_dequantized_reference(march, monkeypatch):
             torch.set_num_threads(nthreads)
             w = torch.randn(n, k, generator=g)
             codes, scale, zero = (methods.quantize_int4_hqq if hqq else methods.quantize_int4)(w, group)
-            packed, so = cpu_kernel.block_int4(codes, scale, zero)
+            packed, so = cpu_matmul.block_int4(codes, scale, zero)
             bias = torch.randn(n, generator=g)
             x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) * 3).to(dtype)
-            y = cpu_kernel.int4_matmul(x, packed, so, group, bias)
+            y = cpu_matmul.int4_matmul(x, packed, so, group, bias)
             ref = torch.nn.functional.linear(x.double(), methods.dequantize_int4(codes, scale, zero).double(),
                                              bias.double())
             assert y.dtype == dtype and y.shape == (rows, n)
@@ -349,11 +351,11 @@ def test_cpu_kernels_build_once_per_machine(monkeypatch, tmp_path):
     """The build is cached under a key of the source, the flags and the CPU's model and instruction sets (not
     /proc/cpuinfo lines that change as it runs, like its clock), so later processes load it without building."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert cpu_kernel._library.__wrapped__("native") is not None
+    assert build.compile_library.__wrapped__("cpu_matmul", "native") is not None
     built = list(tmp_path.glob("acik/kernels/*.so"))
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
-    assert cpu_kernel._library.__wrapped__("native") is not None
+    assert build.compile_library.__wrapped__("cpu_matmul", "native") is not None
     assert list(tmp_path.glob("acik/kernels/*.so")) == built and built[0].stat().st_mtime_ns == mtime
 
 
@@ -361,19 +363,19 @@ def test_cpu_kernels_without_a_compiler_fall_back(monkeypatch, tmp_path, caplog)
     """No C compiler: no kernel (logged), and the layers run PyTorch's kernels instead of failing."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    with caplog.at_level("INFO", logger="acik.quant.cpu_kernel"):
-        assert cpu_kernel._library.__wrapped__("native") is None
-    if cpu_kernel.platform.machine() in ("x86_64", "AMD64") and "OpenMP" in torch.__config__.parallel_info():
+    with caplog.at_level("INFO", logger="acik.kernels.build"):
+        assert build.compile_library.__wrapped__("cpu_matmul", "native") is None
+    if platform.machine() in ("x86_64", "AMD64") and "OpenMP" in torch.__config__.parallel_info():
         assert "not built" in caplog.text
     assert not list(tmp_path.glob("acik/kernels/*.so"))  # nothing half-written left behind
-    monkeypatch.setattr(cpu_kernel, "library", lambda: None)
+    monkeypatch.setattr(cpu_matmul, "library", lambda: None)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 32))
     with torch.no_grad():
         layer(torch.randn(2, 64))
     assert layer._kernel[0] == "aten"
 
 
-needs_table_kernel = pytest.mark.skipif(not cpu_kernel.supports_table(),
+needs_table_kernel = pytest.mark.skipif(not cpu_matmul.supports_table(),
                                         reason="acik's table kernel (NF4) needs AVX-512 and a C compiler")
 
 
@@ -413,9 +415,9 @@ def test_table_kernel_matches_the_reference(method):
                 lin.weight.copy_(torch.randn(n, k, generator=g) * 0.05)
                 lin.bias.copy_(torch.randn(n, generator=g))
             layer = cls.from_linear(lin, group) if method == "nf4" else cls.from_linear(lin)
-            packed, scale = cpu_kernel.block_table(*layer._table_inputs())
+            packed, scale = cpu_matmul.block_table(*layer._table_inputs())
             x = (torch.randn(rows, k, generator=g) * torch.rand(k, generator=g) * 3).to(dtype)
-            y = cpu_kernel.table_matmul(x, packed, scale, cls.TABLE, cls.UNIT, layer.group_size, lin.bias.detach())
+            y = cpu_matmul.table_matmul(x, packed, scale, cls.TABLE, cls.UNIT, layer.group_size, lin.bias.detach())
             ref = torch.nn.functional.linear(x.double(), layer.dequantize().double(), lin.bias.detach().double())
             assert y.dtype == dtype and y.shape == (rows, n)
             if rows:
@@ -426,7 +428,7 @@ def test_table_kernel_matches_the_reference(method):
         x[1, 3] = float("nan")
         small = torch.nn.Linear(64, 32)
         layer = cls.from_linear(small, 32) if method == "nf4" else cls.from_linear(small)
-        y = cpu_kernel.table_matmul(x, *cpu_kernel.block_table(*layer._table_inputs()), cls.TABLE, cls.UNIT, 32)
+        y = cpu_matmul.table_matmul(x, *cpu_matmul.block_table(*layer._table_inputs()), cls.TABLE, cls.UNIT, 32)
         assert y[0].isfinite().all() and y[1].isnan().all()
     finally:
         torch.set_num_threads(threads)
@@ -460,7 +462,7 @@ def test_int8_kernel_propagates_nan_and_inf():
     x = torch.randn(3, 64)
     x[1, 5] = float("nan")
     x[2, 7] = float("inf")
-    y = cpu_kernel.int8_matmul(x, cpu_kernel.block(codes), torch.ones(32))
+    y = cpu_matmul.int8_matmul(x, cpu_matmul.block(codes), torch.ones(32))
     assert y[0].isfinite().all() and y[1].isnan().all() and y[2].isnan().all()
 
 
@@ -468,7 +470,7 @@ def test_int8_kernel_propagates_nan_and_inf():
 def test_int8_kernel_shares_torchs_openmp_runtime():
     """The kernel links the OpenMP runtime torch loaded: a second one would run a second pool of threads, which
     on few cores slows every parallel region (acik.engine.openmp)."""
-    cpu_kernel.int8_matmul(torch.randn(1, 64), cpu_kernel.block(torch.ones(32, 64, dtype=torch.int8)), torch.ones(32))
+    cpu_matmul.int8_matmul(torch.randn(1, 64), cpu_matmul.block(torch.ones(32, 64, dtype=torch.int8)), torch.ones(32))
     maps = open("/proc/self/maps").read().split("\n")
     runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line or "libiomp" in line}
     assert len(runtimes) == 1, runtimes
@@ -503,7 +505,7 @@ def test_cpu_kernels_under_torch_compile():
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32))
     quantize_model(model, "int8", skip=[])
     model[2] = Int4Linear.from_linear(torch.nn.Linear(96, 32), 32)
-    if cpu_kernel.supports_table():
+    if cpu_matmul.supports_table():
         from acik.quant.linear import MXFP4Linear, NF4Linear
 
         model.append(NF4Linear.from_linear(torch.nn.Linear(32, 32), 32))
@@ -547,8 +549,8 @@ def test_optimized_quantized_model_fuses_and_matches(base_dir, method):
     # the CPU kernels' layouts (int4, acik's int8) replace the stored codes instead of sitting beside them
     nbytes = [sum(b.numel() * b.element_size() for b in m.model.buffers()) for m in (plain, fast)]
     assert nbytes[1] <= nbytes[0]
-    own_layout = (method.startswith("int4") or (method == "int8" and cpu_kernel.available())
-                  or (method in ("nf4", "mxfp4") and cpu_kernel.supports_table()))
+    own_layout = (method.startswith("int4") or (method == "int8" and cpu_matmul.available())
+                  or (method in ("nf4", "mxfp4") and cpu_matmul.supports_table()))
     assert ("kernel_weight" in attn.qkv_proj._buffers) == own_layout
 
 

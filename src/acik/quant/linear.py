@@ -6,16 +6,16 @@ respect to its input by dequantizing the weight: the packed kernels have no grad
 needs one to train adapters on a frozen quantized base. The weights themselves never get a gradient.
 
 Kernels (measured on a 2-core AVX-512 CPU, see docs/quantization.md):
-- int8 weight-only: on x86-64 CPUs acik's own kernel (acik.quant.cpu_kernel: int8 weights times
+- int8 weight-only: on x86-64 CPUs acik's own kernel (acik.kernels.cpu_matmul: int8 weights times
   int16-quantized activations, about twice as fast as PyTorch's), built on first use; elsewhere, or where it
   cannot be built, `aten._weight_int8pack_mm` (int8 [out, in], one scale per row).
-- int4: on x86-64 CPUs acik's own kernel (acik.quant.cpu_kernel: codes times int16-quantized activations;
+- int4: on x86-64 CPUs acik's own kernel (acik.kernels.cpu_matmul: codes times int16-quantized activations;
   1.1x PyTorch's at one row, 1.25-1.5x at 8-64), elsewhere `aten._weight_int4pack_mm_for_cpu`;
   on CUDA dequantize per call. The CPU kernels need out_features divisible by 16 and take their own packed
   layout, built once on first use.
 - w8a8: dynamic per-token int8 activations times int8 weights via `torch._int_mm` (on CUDA it needs
   more than 16 rows, so decode's few rows are zero-padded).
-- NF4 and MXFP4: on x86-64 CPUs with AVX-512, acik's table kernel (acik.quant.cpu_kernel.table_matmul: each
+- NF4 and MXFP4: on x86-64 CPUs with AVX-512, acik's table kernel (acik.kernels.cpu_matmul.table_matmul: each
   code looks up an int16 level); elsewhere the weight is dequantized per layer, per call.
 Both packed kernels run much faster with bfloat16 activations than float32 ones on this CPU, so
 they compute in bfloat16 and hand back the input's dtype.
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acik.quant import cpu_kernel, methods, mxfp4
+from acik.kernels import cpu_matmul
+from acik.quant import methods, mxfp4
 
 KERNEL_DTYPE = torch.bfloat16
 
@@ -154,7 +155,7 @@ class Int8Linear(QuantLinear):
 
     def codes(self) -> torch.Tensor:
         if "weight" not in self._buffers:  # for_inference kept only the kernel's layout
-            return cpu_kernel.unblock(self.kernel_weight)
+            return cpu_matmul.unblock(self.kernel_weight)
         return self.weight
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -165,13 +166,13 @@ class Int8Linear(QuantLinear):
 
     def _own_kernel(self) -> bool:
         return (not self.activations and self.weight_scale.device.type == "cpu"
-                and cpu_kernel.supports(self.out_features, self.in_features) and cpu_kernel.available())
+                and cpu_matmul.supports(self.out_features, self.in_features) and cpu_matmul.available())
 
     def _kernel_weights(self) -> tuple:
         if self._kernel is None:
             if self._own_kernel():
                 weight = self._buffers.get("kernel_weight")
-                blocked = cpu_kernel.block(self.weight) if weight is None else weight
+                blocked = cpu_matmul.block(self.weight) if weight is None else weight
                 bias = None if self.bias is None else self.bias.detach().float().contiguous()
                 self._kernel = ("acik", blocked, self.weight_scale.float().contiguous(), bias)
             else:  # cast once, not per token (85 casts a decoded token at 124M)
@@ -188,7 +189,7 @@ class Int8Linear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._kernel or self._kernel_weights()
         if kernel[0] == "acik" and not (x.requires_grad and torch.is_grad_enabled()):
-            return cpu_kernel.int8_matmul(x, *kernel[1:])  # adds the bias too
+            return cpu_matmul.int8_matmul(x, *kernel[1:])  # adds the bias too
         return super().forward(x)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +204,7 @@ class Int8Linear(QuantLinear):
         else:
             kind, weight, scale, _ = self._kernel_weights()
             if kind == "acik":
-                return cpu_kernel.int8_matmul(x, weight, scale)
+                return cpu_matmul.int8_matmul(x, weight, scale)
             y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), weight, scale)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
@@ -243,15 +244,15 @@ class Int4Linear(QuantLinear):
 
     def _own_kernel(self) -> bool:
         return (self.weight_scale.device.type == "cpu"
-                and cpu_kernel.supports(self.out_features, self.in_features, self.group_size)
-                and cpu_kernel.available())
+                and cpu_matmul.supports(self.out_features, self.in_features, self.group_size)
+                and cpu_matmul.available())
 
     def _kernel_weights(self) -> tuple:
         """(kind, packed weight, scales-and-offsets): acik's int4 kernel's layout ("acik") or PyTorch's ("aten")."""
         if self._kernel is None and "kernel_weight" in self._buffers:  # for_inference kept only these
             self._kernel = (self.kernel_kind, self.kernel_weight, self.kernel_scales)
         if self._kernel is None and self._own_kernel():
-            self._kernel = ("acik", *cpu_kernel.block_int4(self.codes(), self.weight_scale, self.weight_zero))
+            self._kernel = ("acik", *cpu_matmul.block_int4(self.codes(), self.weight_scale, self.weight_zero))
         if self._kernel is None:
             # The kernel computes (code - 8) * scale + offset; ours is (code - zero) * scale.
             scale = self.weight_scale.float()
@@ -279,14 +280,14 @@ class Int4Linear(QuantLinear):
             return super().matmul(x)
         kind, packed, sz = self._kernel or self._kernel_weights()
         if kind == "acik":
-            return cpu_kernel.int4_matmul(x, packed, sz, self.group_size)
+            return cpu_matmul.int4_matmul(x, packed, sz, self.group_size)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(_flat(x).to(KERNEL_DTYPE), packed, self.group_size, sz)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
 class TableLinear(QuantLinear):
     """4-bit codes that stand for a table of levels times a scale per group (NF4, MXFP4). On x86-64 CPUs with
-    AVX-512 they run acik's table kernel (acik.quant.cpu_kernel.table_matmul: each code looks up an int16 level,
+    AVX-512 they run acik's table kernel (acik.kernels.cpu_matmul.table_matmul: each code looks up an int16 level,
     `TABLE` = the levels / `UNIT`); elsewhere each call dequantizes the weight. Subclasses say how their stored
     buffers (`STORED`) give codes and group scales (`_table_inputs`)."""
 
@@ -305,8 +306,8 @@ class TableLinear(QuantLinear):
             self._kernel = (self.kernel_weight, self.kernel_scales)
         if self._kernel is None:
             runs = (self._buffers[self.STORED[0]].device.type == "cpu" and self.out_features % 16 == 0
-                    and cpu_kernel.available() and cpu_kernel.supports_table())
-            self._kernel = cpu_kernel.block_table(*self._table_inputs()) if runs else ()
+                    and cpu_matmul.available() and cpu_matmul.supports_table())
+            self._kernel = cpu_matmul.block_table(*self._table_inputs()) if runs else ()
         return self._kernel or None
 
     def for_inference(self) -> None:
@@ -322,7 +323,7 @@ class TableLinear(QuantLinear):
         kernel = self._kernel_weights() if x.device.type == "cpu" else None
         if kernel is None:
             return super().matmul(x)
-        return cpu_kernel.table_matmul(x, *kernel, self.TABLE, self.UNIT, self.group_size)
+        return cpu_matmul.table_matmul(x, *kernel, self.TABLE, self.UNIT, self.group_size)
 
 
 def _table(levels, unit: float) -> torch.Tensor:

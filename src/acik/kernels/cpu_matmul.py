@@ -6,94 +6,25 @@ so int8 decode was barely faster than bf16, and PyTorch has no NF4 or MXFP4 kern
 multiply the weights by int16-quantized activations with AVX-512 VNNI (or AVX2) integer dot products over
 blocked weight layouts (docs/quantization.md "acik's CPU kernels").
 
-It is compiled once per machine with the C compiler `torch.compile` also needs on CPU (`$CC`, else `cc`),
-for this CPU (`-march=native`), and cached under `$XDG_CACHE_HOME/acik/kernels` (~/.cache). It links the
-OpenMP runtime torch loaded, so both share one pool of worker threads (two pools on two cores slow every
-parallel region down: acik.engine.openmp). Where it cannot be built (no compiler, no AVX2, not Linux
-x86-64, torch without OpenMP) or `ACIK_CPU_KERNELS=0`, `available()` is False and the quantized layers use
-PyTorch's kernels or dequantize per call. `ACIK_CPU_KERNEL_MARCH` overrides `-march` (the tests build the AVX2
-path this way).
+Built on first use by acik.kernels.build (cached per machine; `ACIK_CPU_KERNELS=0` turns it off). Where it
+cannot be built, `available()` is False and the quantized layers use PyTorch's kernels or dequantize per call.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import glob
-import hashlib
-import logging
-import os
-import platform
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_matmul.c")
-log = logging.getLogger(__name__)
-
-
-def _openmp_runtime() -> tuple[str, str] | None:
-    """(folder, file) of the libgomp bundled with torch, or None where torch uses the system's."""
-    here = os.path.join(os.path.dirname(torch.__file__), "lib")
-    found = sorted(glob.glob(os.path.join(here, "libgomp*.so*")))
-    return (here, os.path.basename(found[0])) if found else None
-
-
-def _command(march: str, out: str) -> list[str]:
-    cmd = [os.environ.get("CC", "cc"), "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(SOURCE),
-           "-o", out]
-    runtime = _openmp_runtime()
-    if runtime is not None:
-        cmd += [f"-L{runtime[0]}", f"-l:{runtime[1]}", f"-Wl,-rpath,{runtime[0]}"]
-    return cmd
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "acik" / "kernels"
+from acik.kernels import build
 
 
 @functools.cache
 def _library(march: str) -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+    lib = build.compile_library("cpu_matmul", march)
+    if lib is None:
         return None
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return None
-    # One build per source, flags and CPU: -march=native compiles for the machine it runs on (its model and
-    # instruction-set flags, not the lines of /proc/cpuinfo that change while it runs, like its clock).
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update(" ".join(_command(march, "")).encode())
-    if march == "native" and os.path.exists("/proc/cpuinfo"):
-        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-        key.update("\n".join(line for line in first if line.startswith(("model name", "flags"))).encode())
-    prefix = f"cpu_matmul-{march}-"
-    path = _cache_dir() / f"{prefix}{key.hexdigest()[:16]}.so"
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            folder = str(path.parent)
-        except OSError:
-            folder = tempfile.mkdtemp(prefix="acik-kernels-")
-            path = Path(folder) / path.name
-        tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False).name
-        try:
-            result = subprocess.run(_command(march, tmp), capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            os.unlink(tmp)
-            log.info("acik's CPU kernels not built (%s); using PyTorch's int8/int4 kernels", err)
-            return None
-        if result.returncode != 0:
-            os.unlink(tmp)
-            log.info("acik's CPU kernels not built; using PyTorch's int8/int4 kernels:\n%s", result.stderr[-2000:])
-            return None
-        os.replace(tmp, path)  # atomic: a concurrent build or reader sees a whole file or none
-        for stale in path.parent.glob(f"{prefix}*.so"):  # earlier sources' builds for this -march
-            if stale != path:
-                stale.unlink(missing_ok=True)
-    lib = ctypes.CDLL(str(path))
     lib.acik_int8_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     lib.acik_int8_matmul.restype = ctypes.c_int
     lib.acik_int4_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
@@ -110,9 +41,9 @@ _KERNEL: list = [None, None, None]  # acik_int8_matmul, acik_int4_matmul, acik_l
 
 def library() -> ctypes.CDLL | None:
     """The built kernel for this machine, or None where it cannot be used."""
-    if os.environ.get("ACIK_CPU_KERNELS", "1") == "0":
+    if not build.enabled():
         return None
-    lib = _library(os.environ.get("ACIK_CPU_KERNEL_MARCH", "native"))
+    lib = _library(build.march())
     if lib is not None:
         _KERNEL[:] = [lib.acik_int8_matmul, lib.acik_int4_matmul, lib.acik_lut4_matmul]
     return lib

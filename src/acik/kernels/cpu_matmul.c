@@ -12,7 +12,7 @@
    times one broadcast pair of activations, accumulating in int32. Partial sums go to float every
    CHUNK pairs, before 2 * CHUNK * 127 * 32767 could overflow int32.
 
-   Layout: the weights are re-laid once (acik.quant.cpu_kernel.block) in blocks of 16 outputs x 2
+   Layout: the weights are re-laid once (acik.kernels.cpu_matmul.block) in blocks of 16 outputs x 2
    inputs, 32 bytes: block (b, p) holds w[16b .. 16b+15, 2p .. 2p+1] at byte (b * K/2 + p) * 32, output-
    major inside. A tile of NB consecutive blocks reads NB sequential streams.
 
@@ -272,7 +272,7 @@ int acik_int8_matmul(const int8_t *w, const float *wscale, const float *bias, co
    a = 256 * hi + lo, and the code sums with hi and with lo are combined per group (no overflow: at most
    15 * 128 * 256 each).
 
-   Layout (acik.quant.cpu_kernel.block_int4): blocks of 16 outputs x 8 inputs, 64 bytes: byte 4j + t holds
+   Layout (acik.kernels.cpu_matmul.block_int4): blocks of 16 outputs x 8 inputs, 64 bytes: byte 4j + t holds
    output j's code for input t in its low nibble and for input 4 + t in its high nibble, so masking the low
    nibbles gives each output's 4 codes for inputs 0-3 in one int32 lane, shifting gives inputs 4-7. Block
    (b, c) is at byte (b * K/8 + c) * 64. Scales and zero points: fp16 [N/16, K/G, 2, 16]. */
@@ -452,7 +452,7 @@ int acik_int4_matmul(const uint8_t *w, const uint16_t *so, const float *bias, co
    vpdpwssd multiplies pairs of levels by pairs of int16 activations as the int8 path does. Partial sums go to
    float every 16 pairs (32 inputs), before 32 * 2047 * 32767 could overflow int32, times the group's scale.
 
-   Layout (acik.quant.cpu_kernel.block_table): blocks of 16 outputs x 2 inputs, 16 bytes: byte j holds output j's
+   Layout (acik.kernels.cpu_matmul.block_table): blocks of 16 outputs x 2 inputs, 16 bytes: byte j holds output j's
    code for the pair's first input in its low nibble and the second in its high nibble; block (b, p) at byte
    (b * K/2 + p) * 16. Scales [N/16, K/group, 16], fp16 (NF4's absmax as stored) or E8M0 bytes (MXFP4's, 2^(e-127)),
    times `unit` at the end. */
