@@ -131,7 +131,8 @@ def test_rmsnorm_is_bit_identical_to_the_spelled_out_form(cast, dtype):
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)
     want = norm.weight * h.to(dtype) if cast == "before" else (norm.weight * h).to(dtype)
-    assert torch.equal(norm(x), want)
+    with torch.no_grad():  # inference; training on a CPU runs acik's fused kernel (tests/test_cpu_training_kernels.py)
+        assert torch.equal(norm(x), want)
 
 
 @pytest.mark.parametrize("rot", [16, 8])  # full and partial rotary

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acik.kernels import cpu_training
 from acik.model.norms import make_norm
 from acik.model.rope import apply_rope
 
@@ -79,17 +80,28 @@ class Attention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.config.qk_norm == "full":  # OLMo-2: normalise the whole projection
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv, self.head_dim)
+        v = v.view(B, T, self.n_kv, self.head_dim)
         if self.config.qk_norm == "head":  # Qwen3: per head, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
+        plain_causal = cache is None and segment_ids is None and self.is_causal_only and not self.config.attention_sinks
+        if plain_causal and torch.is_grad_enabled() and cpu_training.supports(q, self.head_dim):
+            # Training on a CPU: acik's kernel, on the [B, T, heads, D] layout the projections produce, with
+            # RoPE applied inside it when it rotates whole heads.
+            if cos.shape[-1] == self.head_dim:
+                out = cpu_training.causal_attention(q, k, v, self.scale, cos[:, 0], sin[:, 0])
+            else:
+                q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
+                out = cpu_training.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v, self.scale)
+            return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         k_pos = positions
         if cache is not None:
             k, v, k_pos = cache.update(self.layer_idx, k, v, positions)
-        if cache is None and segment_ids is None and self.is_causal_only and not self.config.attention_sinks:
+        if plain_causal:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                  enable_gqa=self.n_kv != self.n_heads)
         else:

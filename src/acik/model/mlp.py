@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acik.kernels import cpu_training
+
 ACTIVATIONS = {
     "silu": F.silu,
     "gelu": F.gelu,
@@ -37,5 +39,8 @@ class MLP(nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             return self.down_proj(self.act(gate) * up)
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = self.gate_proj(x), self.up_proj(x)
+            if self.act is F.silu and torch.is_grad_enabled() and cpu_training.supports(gate):
+                return self.down_proj(cpu_training.swiglu(gate, up))  # training on a CPU: one pass each way
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.up_proj(x)))

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acik.kernels import cpu_training
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, cast: str = "before"):
@@ -15,6 +17,9 @@ class RMSNorm(nn.Module):
         self.cast = cast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fp32 = x.dtype == self.weight.dtype == torch.float32
+        if fp32 and torch.is_grad_enabled() and cpu_training.supports(x, x.shape[-1]):
+            return cpu_training.rms_norm(x, self.weight, self.eps)  # training on a CPU: one pass each way
         # F.rms_norm computes in fp32 and rounds once to x's dtype, the weight applied before that
         # rounding: bit-identical to the float()/pow/mean/rsqrt spelling (tests/test_engine_step.py
         # holds it to that), in fewer operators.

@@ -1,0 +1,170 @@
+"""acik's CPU training kernels (acik.kernels.cpu_training): causal attention with and without RoPE, RMSNorm and
+SwiGLU, forward and backward, against float64 references built from PyTorch's own operators; on this CPU's
+path and the AVX2 one; the same bits for any thread count; and a whole model's gradients with the kernels
+against the same model on PyTorch's operators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from acik.config import ModelConfig
+from acik.kernels import cpu_training
+from acik.model import Transformer
+from acik.model.rope import RotaryEmbedding, apply_rope
+from acik.train.loop import token_losses
+
+pytestmark = pytest.mark.skipif(
+    cpu_training.library() is None,
+    reason="acik's CPU kernels cannot be built here (they need Linux x86-64 with AVX2, a C compiler, OpenMP torch)")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def reference_attention(q, k, v, scale, cos=None, sin=None):
+    """float64: apply_rope then SDPA on the [B, H, T, D] layout; returns the output and a function of the
+    output gradient giving (dq, dk, dv)."""
+    q, k, v = (x.double().detach().requires_grad_() for x in (q, k, v))
+    qt, kt = q.transpose(1, 2), k.transpose(1, 2)
+    if cos is not None:
+        c, s = cos.double()[:, None], sin.double()[:, None]
+        qt, kt = apply_rope(qt, c, s), apply_rope(kt, c, s)
+    out = F.scaled_dot_product_attention(qt, kt, v.transpose(1, 2), is_causal=True, scale=scale,
+                                         enable_gqa=True).transpose(1, 2)
+
+    def grads(g):
+        return torch.autograd.grad(out, (q, k, v), g.double())
+    return out, grads
+
+
+def tables(B: int, T: int, D: int, batch_rows: bool):
+    cfg = ModelConfig(hidden_size=D * 2, num_attention_heads=2, num_key_value_heads=1)
+    pos = torch.arange(T).expand(B if batch_rows else 1, T) + torch.arange(B if batch_rows else 1)[:, None] * 3
+    cos, sin = RotaryEmbedding(cfg)(pos, torch.float32)
+    return cos[:, 0], sin[:, 0]
+
+
+@pytest.mark.parametrize("march", ["native", "haswell"])  # this CPU's path (AVX-512 here) and the AVX2 one
+def test_attention_matches_the_float64_reference(march, monkeypatch):
+    """Forward and all three gradients within 2e-6 of the largest value, for GQA and plain heads, head sizes
+    16-128, lengths that end mid-block (1, 63, 100, 257), with RoPE tables per batch row, shared, or none."""
+    monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
+    g = torch.Generator().manual_seed(0)
+    for (B, T, H, Hkv, D), rope in [((2, 100, 4, 2, 32), "rows"), ((1, 257, 2, 1, 64), "shared"),
+                                    ((3, 63, 3, 3, 16), None), ((2, 130, 4, 4, 128), "rows"),
+                                    ((2, 1, 2, 1, 32), "rows")]:
+        q, k, v = (torch.randn(B, T, h, D, generator=g) for h in (H, Hkv, Hkv))
+        cos, sin = tables(B, T, D, rope == "rows") if rope else (None, None)
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        out = cpu_training.causal_attention(q, k, v, D ** -0.5, cos, sin)
+        ref, ref_grads = reference_attention(q, k, v, D ** -0.5, cos, sin)
+        assert rel_err(out, ref) < 2e-6, (B, T, H, Hkv, D, rope)
+        go = torch.randn(B, T, H, D, generator=g)
+        for got, want in zip(torch.autograd.grad(out, (q, k, v), go), ref_grads(go)):
+            assert got.shape == want.shape and torch.isfinite(got).all()
+            assert (got.double() - want).abs().max() < 2e-6 * max(want.abs().max().item(), 1.0), (B, T, H, D, rope)
+
+
+def test_attention_is_the_same_for_any_thread_count_and_takes_bf16():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(4, 150, h, 32, generator=g).requires_grad_() for h in (4, 2, 2))
+    go = torch.randn(4, 150, 4, 32, generator=g)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = cpu_training.causal_attention(q, k, v, 0.2)
+            runs.append((out, *torch.autograd.grad(out, (q, k, v), go)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    out = cpu_training.causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.2)
+    assert out.dtype == torch.bfloat16 and rel_err(out, runs[0][0]) < 2e-2
+
+
+@pytest.mark.parametrize("march", ["native", "haswell"])
+def test_rms_norm_and_swiglu_match_the_float64_reference(march, monkeypatch):
+    monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
+    g = torch.Generator().manual_seed(2)
+    for rows, C in [(1, 16), (130, 64), (300, 256)]:
+        x, w = torch.randn(rows, C, generator=g).requires_grad_(), (torch.rand(C, generator=g) + 0.5).requires_grad_()
+        y = cpu_training.rms_norm(x, w, 1e-5)
+        xd, wd = x.double().detach().requires_grad_(), w.double().detach().requires_grad_()
+        ref = wd * F.rms_norm(xd, (C,), eps=1e-5)
+        assert rel_err(y, ref) < 1e-6
+        gy = torch.randn(rows, C, generator=g)
+        for got, want in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(ref, (xd, wd), gy.double())):
+            assert rel_err(got, want) < 1e-5, (rows, C)
+    for n in (1, 7, 16, 1000, 4099):  # vector tails
+        gate, up = (torch.randn(n, generator=g).mul(4).requires_grad_() for _ in range(2))
+        gate.data[0] = -100.0  # exp's clamp: silu(-100) is -0.0 to fp32
+        h = cpu_training.swiglu(gate, up)
+        gd, ud = gate.double().detach().requires_grad_(), up.double().detach().requires_grad_()
+        ref = F.silu(gd) * ud
+        assert rel_err(h, ref) < 1e-6
+        gh = torch.randn(n, generator=g)
+        for got, want in zip(torch.autograd.grad(h, (gate, up), gh), torch.autograd.grad(ref, (gd, ud), gh.double())):
+            assert rel_err(got, want) < 1e-6, n
+        hb = cpu_training.swiglu(gate.bfloat16(), up.bfloat16())  # bf16 in and out, rounded once
+        want = F.silu(gate.bfloat16().double()) * up.bfloat16().double()
+        assert hb.dtype == torch.bfloat16 and rel_err(hb, want) < 8e-3
+
+
+def test_rms_norm_weight_gradient_is_the_same_for_any_thread_count():
+    """dw sums over rows in fixed chunks, then over the chunks in order: no dependence on the team size."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1000, 128, generator=g).requires_grad_(), torch.rand(128, generator=g).requires_grad_()
+    gy = torch.randn(1000, 128, generator=g)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(torch.autograd.grad(cpu_training.rms_norm(x, w, 1e-6), (x, w), gy))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("extra", [{}, {"qk_norm": "head"}, {"partial_rotary_factor": 0.5},
+                                   {"q_bias": True, "k_bias": True, "v_bias": True}])
+def test_model_gradients_with_the_kernels_match_pytorch_operators(extra, monkeypatch):
+    """The same model and batch, once through the kernels (training on a CPU does) and once through PyTorch's
+    operators (ACIK_CPU_KERNELS=0): loss and every parameter's gradient agree to fp32 rounding."""
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, **extra)
+    ids = torch.randint(0, 97, (3, 71), generator=torch.Generator().manual_seed(4))
+
+    def run(kernels: str):
+        monkeypatch.setenv("ACIK_CPU_KERNELS", kernels)
+        model = Transformer(cfg)
+        model.init_weights(0)
+        loss = token_losses(model(ids[:, :-1]), ids[:, 1:]) / ids[:, 1:].numel()
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+    loss, grads = run("1")
+    ref_loss, ref_grads = run("0")
+    assert abs(loss - ref_loss) < 1e-5
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert rel_err(grad, ref_grads[name]) < 2e-5, name
+
+
+def test_model_uses_the_kernels_only_for_training(monkeypatch):
+    """Inference (no grad) keeps PyTorch's operators: logits there stay bit-identical to transformers'."""
+    calls = []
+    real = cpu_training._forward
+    monkeypatch.setattr(cpu_training, "_forward", lambda *a: calls.append(1) or real(*a))
+    model = Transformer(ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1))
+    ids = torch.randint(0, 50, (1, 9))
+    with torch.no_grad():
+        model(ids)
+    assert not calls
+    model(ids).sum().backward()
+    assert calls
