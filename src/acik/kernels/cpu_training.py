@@ -17,15 +17,14 @@ where it cannot be built, `supports` is False and the model runs PyTorch's opera
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 
 from acik.kernels import build
 
 
-@functools.cache
-def _library(march: str) -> ctypes.CDLL | None:
+@torch.compiler.disable  # a build is no graph: torch.compile calls it as is
+def _load(march: str) -> ctypes.CDLL | None:
     lib = build.compile_library("cpu_training", march)
     if lib is None:
         return None
@@ -44,8 +43,17 @@ def _library(march: str) -> ctypes.CDLL | None:
     return lib
 
 
+_LOADED: dict[str, ctypes.CDLL | None] = {}  # -march -> library; a plain dict, which torch.compile reads as is
+
+
 def library() -> ctypes.CDLL | None:
-    return _library(build.march()) if build.enabled() else None
+    """The built kernels for this machine, or None where they cannot be used."""
+    if not build.enabled():
+        return None
+    march = build.march()
+    if march not in _LOADED:
+        _LOADED[march] = _load(march)
+    return _LOADED[march]
 
 
 def supports(x: torch.Tensor, width: int | None = None) -> bool:

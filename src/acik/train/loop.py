@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acik.kernels import cpu_training
 from acik.train import checkpoint as ckpt
 from acik.train.distributed import Dist, all_reduce_sum, barrier, unwrap, wrap
 from acik.train.optim import build_optimizers, set_lr
@@ -210,6 +211,8 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
         step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
         if d.is_main:
             print(f"resumed from {resume_from} (step {step}, {tokens_seen:,} tokens)", file=sys.stderr)
+    if s.compile and d.device.type == "cpu":
+        cpu_training.library()  # build the CPU kernels before tracing, not inside it
     forward_model = torch.compile(model) if s.compile else model
 
     metrics = Metrics(run_dir / "metrics.jsonl", resume_step=step if resume_from else None) if d.is_main else None
