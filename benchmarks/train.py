@@ -8,11 +8,13 @@
     Both get the same budget; the step count of each is set from its own measured step time, so each
     finishes its learning-rate schedule inside the budget. Both are scored on the same validation windows.
 (b) Training tokens/s (forward, backward, AdamW step) of one Llama-architecture config in acik and in
-    transformers' LlamaForCausalLM, both in a plain loop, median of several alternating runs.
+    transformers' LlamaForCausalLM, both in a plain loop, median of several alternating runs; in fp32 and
+    under bf16 autocast, each side against the other at the same precision.
 (c) With --moe-run RUN (a run of recipes/small-moe.yaml): the elastic-experts table, validation
     perplexity and forward tokens/s with all experts, the most used half (acik moe-shrink), and top-1.
 
-    python benchmarks/train.py [--budget 180] [--threads 2] [--compile] [--skip-a] [--skip-b] [--moe-run RUN]
+    python benchmarks/train.py [--budget 180] [--threads 2] [--compile] [--fp32-only] [--skip-a] [--skip-b]
+                               [--moe-run RUN]
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternating runs per side in (b)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time acik with torch.compile in (b)")
-    p.add_argument("--bf16", action="store_true", help="also time both sides under bf16 autocast in (b)")
+    p.add_argument("--fp32-only", action="store_true", help="(b) without the bf16 autocast rows")
     p.add_argument("--device", default="cpu", help="where (b) runs: cpu (default) or cuda")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--skip-b", action="store_true")
@@ -291,7 +293,7 @@ def main() -> None:
         print(table(("trainer", "steps", "seconds", "batch", "context", "val loss"), bench_a(args.budget)))
     if not args.skip_b:
         print("\n(b) training throughput, same Llama config (median of alternating runs)\n")
-        rows = bench_b(args.steps, args.repeats, args.compile, args.bf16, args.device)
+        rows = bench_b(args.steps, args.repeats, args.compile, not args.fp32_only, args.device)
         print(table(("trainer", "params", "batch", "tokens/s", "vs transformers"), rows))
     if args.moe_run:
         print("\n(c) elastic experts: validation perplexity and forward tokens/s\n")

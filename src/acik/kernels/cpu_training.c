@@ -12,6 +12,10 @@
    scalar broadcasts at any strides (so P^T and dS^T need no transposed copies). Keys and values are
    transposed once per (batch, key head) so that scores are rows of B too.
 
+   Masks: causal, and optionally a first visible key per query (`first` [B, T]: the start of its example in a
+   row of packed examples, or of its sliding window); key blocks wholly before a query block's first keys are
+   skipped.
+
    RoPE: with cos and sin tables (RotaryEmbedding's, sin's first half negated), q and k are rotated as they
    are read (x * cos + roll(x, D/2) * sin) and dq and dk rotated back as they are written, so the model
    hands over the projections as they are; a rotation of part of the head is left to the caller.
@@ -236,16 +240,26 @@ static void rotate_transpose(const float *x, int64_t ld, const float *c, const f
     }
 }
 
-/* Row i of a score block may see keys j < valid(i): the causal edge, or the end of the block. */
-static inline int64_t valid_keys(int64_t qi, int64_t j0, int64_t nk) {
-    int64_t c = qi - j0 + 1;
-    return c < 0 ? 0 : c < nk ? c : nk;
+/* Row qi may see keys first .. qi (first: the start of its packed example or sliding window; 0 without one).
+   Of the score block of keys j0 .. j0 + nk - 1 those are a <= j < c. */
+static inline void key_range(int64_t qi, int64_t first, int64_t j0, int64_t nk, int64_t *a, int64_t *c) {
+    const int64_t lo = first - j0, hi = qi - j0 + 1;
+    *a = lo < 0 ? 0 : lo > nk ? nk : lo;
+    *c = hi < 0 ? 0 : hi > nk ? nk : hi;
+}
+
+/* The first key block any row of a query block sees. */
+static inline int64_t first_block(const int64_t *first, int64_t mq) {
+    if (!first) return 0;
+    int64_t f = first[0];
+    for (int64_t i = 1; i < mq; i++) f = first[i] < f ? first[i] : f;
+    return f / BK * BK;
 }
 
 static inline int team(int nthreads, int64_t items) { return items < nthreads ? (int)(items < 1 ? 1 : items) : nthreads; }
 
 int acik_attention_forward(const float *q, const float *k, const float *v, const float *cos, const float *sin,
-                           int64_t rope_stride, float *o, float *lse, int64_t B, int64_t T, int64_t H, int64_t Hkv,
+                           int64_t rope_stride, const int64_t *first, float *o, float *lse, int64_t B, int64_t T, int64_t H, int64_t Hkv,
                            int64_t D, float scale, int nthreads) {
     if (D > 1024) return -2;
     const int64_t Tp = round_up(T, VL), r = H / Hkv, nq = (T + BQ - 1) / BQ;
@@ -277,16 +291,19 @@ int acik_attention_forward(const float *q, const float *k, const float *v, const
                 m[i] = -INFINITY, l[i] = 0.f;
             }
             memset(acc, 0, sizeof(float) * mq * D);
-            for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+            const int64_t *fb = first ? first + b * T + i0 : NULL;
+            for (int64_t j0 = first_block(fb, mq); j0 < kend; j0 += BK) {
                 const int64_t nk = kend - j0 < BK ? kend - j0 : BK, n = round_up(nk, VL);
                 gemm(mq, n, D, qs, D, 1, kt + (b * Hkv + g) * D * Tp + j0, Tp, s, BK, 0);
                 for (int64_t i = 0; i < mq; i++) {
                     float *si = s + i * BK;
-                    const int64_t c = valid_keys(i0 + i, j0, nk);
-                    if (c <= 0) { /* no key of this block is visible to this row */
+                    int64_t a, c;
+                    key_range(i0 + i, fb ? fb[i] : 0, j0, nk, &a, &c);
+                    if (c <= a) { /* no key of this block is visible to this row */
                         memset(si, 0, sizeof(float) * n);
                         continue;
                     }
+                    for (int64_t j = 0; j < a; j++) si[j] = -INFINITY;
                     for (int64_t j = c; j < n; j++) si[j] = -INFINITY;
                     vec mx = vset1(-INFINITY);
                     for (int64_t j = 0; j < n; j += VL) mx = vmax(mx, vload(si + j));
@@ -317,7 +334,7 @@ int acik_attention_forward(const float *q, const float *k, const float *v, const
 }
 
 int acik_attention_backward(const float *q, const float *k, const float *v, const float *cos, const float *sin,
-                            int64_t rope_stride, const float *o, const float *lse, const float *dout, float *dq,
+                            int64_t rope_stride, const int64_t *first, const float *o, const float *lse, const float *dout, float *dq,
                             float *dk, float *dv, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, float scale,
                             int nthreads) {
     if (D > 1024) return -2;
@@ -356,20 +373,23 @@ int acik_attention_backward(const float *q, const float *k, const float *v, cons
                         di[i] = hsum(acc);
                     }
                     memset(dqa, 0, sizeof(float) * mq * D);
-                    for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+                    const int64_t *fb = first ? first + b * T + i0 : NULL;
+                    for (int64_t j0 = first_block(fb, mq); j0 < kend; j0 += BK) {
                         const int64_t nk = kend - j0 < BK ? kend - j0 : BK, n = round_up(nk, VL);
                         gemm(mq, n, D, qs, D, 1, kt + j0, Tp, p, BK, 0);  /* scores */
                         gemm(mq, n, D, gb, ldq, 1, vt + j0, Tp, ds, BK, 0); /* dP = dO . V^T */
                         for (int64_t i = 0; i < mq; i++) {
                             float *pi = p + i * BK, *dsi = ds + i * BK;
-                            const int64_t c = valid_keys(i0 + i, j0, nk);
+                            int64_t a, c;
+                            key_range(i0 + i, fb ? fb[i] : 0, j0, nk, &a, &c);
                             vec lv = vset1(lb[i]), dv_ = vset1(di[i]), sc = vset1(scale);
                             for (int64_t j = 0; j < n; j += VL) {
                                 vec pj = vexp(vsub(vload(pi + j), lv));
                                 vstore(pi + j, pj);
                                 vstore(dsi + j, vmul(vmul(pj, vsub(vload(dsi + j), dv_)), sc));
                             }
-                            for (int64_t j = c; j < n; j++) pi[j] = 0.f, dsi[j] = 0.f;
+                            for (int64_t j = 0; j < a; j++) pi[j] = 0.f, dsi[j] = 0.f;
+                            for (int64_t j = c > a ? c : a; j < n; j++) pi[j] = 0.f, dsi[j] = 0.f;
                         }
                         gemm(nk, D, mq, p, 1, BK, gb, ldq, dvl + j0 * D, D, 1);  /* dV += P^T . dO */
                         gemm(nk, D, mq, ds, 1, BK, qr, D, dkl + j0 * D, D, 1);    /* dK += dS^T . Q (scaled) */
