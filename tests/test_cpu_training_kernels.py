@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from acik.config import ModelConfig
 from acik.kernels import cpu_training
 from acik.model import Transformer
+from acik.model.attention import first_keys
 from acik.model.rope import RotaryEmbedding, apply_rope
 from acik.train.loop import token_losses
 
@@ -24,16 +25,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
-def reference_attention(q, k, v, scale, cos=None, sin=None):
-    """float64: apply_rope then SDPA on the [B, H, T, D] layout; returns the output and a function of the
-    output gradient giving (dq, dk, dv)."""
+def reference_attention(q, k, v, scale, cos=None, sin=None, first=None):
+    """float64: apply_rope then SDPA on the [B, H, T, D] layout (with the mask of `first` keys if given); returns
+    the output and a function of the output gradient giving (dq, dk, dv)."""
     q, k, v = (x.double().detach().requires_grad_() for x in (q, k, v))
     qt, kt = q.transpose(1, 2), k.transpose(1, 2)
     if cos is not None:
         c, s = cos.double()[:, None], sin.double()[:, None]
         qt, kt = apply_rope(qt, c, s), apply_rope(kt, c, s)
-    out = F.scaled_dot_product_attention(qt, kt, v.transpose(1, 2), is_causal=True, scale=scale,
-                                         enable_gqa=True).transpose(1, 2)
+    T = q.shape[1]
+    j, i = torch.arange(T)[None, None, :], torch.arange(T)[None, :, None]
+    mask = None if first is None else ((j <= i) & (j >= first[:, :, None]))[:, None]
+    out = F.scaled_dot_product_attention(qt, kt, v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
+                                         scale=scale, enable_gqa=True).transpose(1, 2)
 
     def grads(g):
         return torch.autograd.grad(out, (q, k, v), g.double())
@@ -66,6 +70,42 @@ def test_attention_matches_the_float64_reference(march, monkeypatch):
         for got, want in zip(torch.autograd.grad(out, (q, k, v), go), ref_grads(go)):
             assert got.shape == want.shape and torch.isfinite(got).all()
             assert (got.double() - want).abs().max() < 2e-6 * max(want.abs().max().item(), 1.0), (B, T, H, D, rope)
+
+
+@pytest.mark.parametrize("march", ["native", "haswell"])
+def test_attention_with_first_keys_matches_the_masked_reference(march, monkeypatch):
+    """Packed examples and sliding windows: query i sees keys first[i] .. i, including rows whose block holds
+    no visible key and key blocks skipped whole."""
+    monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
+    g = torch.Generator().manual_seed(5)
+    B, T, H, Hkv, D = 2, 200, 4, 2, 32
+    index = torch.arange(T)
+    starts = torch.tensor([[0] * 70 + [70] * 100 + [170] * 30, [0] * 200])
+    window = torch.clamp(index - 47, min=0).expand(B, T)
+    for first in (starts, window, torch.maximum(starts, window)):
+        q, k, v = (torch.randn(B, T, h, D, generator=g).requires_grad_() for h in (H, Hkv, Hkv))
+        cos, sin = tables(B, T, D, True)
+        out = cpu_training.causal_attention(q, k, v, 0.3, cos, sin, first)
+        ref, ref_grads = reference_attention(q, k, v, 0.3, cos, sin, first)
+        assert rel_err(out, ref) < 2e-6
+        go = torch.randn(B, T, H, D, generator=g)
+        for got, want in zip(torch.autograd.grad(out, (q, k, v), go), ref_grads(go)):
+            assert (got.double() - want).abs().max() < 2e-6 * max(want.abs().max().item(), 1.0)
+
+
+def test_first_keys_of_packed_rows_and_windows():
+    cfg = ModelConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, sliding_window=3)
+    seg = torch.tensor([[1, 1, 1, 2, 2, 0, 0]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 0]])  # packing's padding: segment 0, positions 0
+    assert first_keys(pos, seg, cfg, "full_attention").tolist() == [[0, 0, 0, 3, 3, 5, 5]]
+    assert first_keys(pos, seg, cfg, "sliding_attention").tolist() == [[0, 0, 0, 3, 3, 5, 5]]
+    plain = torch.arange(6)[None]
+    assert first_keys(plain, None, cfg, "full_attention") is None
+    assert first_keys(plain, None, cfg, "sliding_attention").tolist() == [[0, 0, 0, 1, 2, 3]]
+    # masks that are not ranges take the masked path: an id in two runs, positions that skip
+    assert first_keys(pos, torch.tensor([[1, 1, 2, 2, 1, 1, 1]]), cfg, "full_attention") is False
+    assert first_keys(torch.tensor([[0, 1, 5, 6, 7, 8, 9]]), seg, cfg, "full_attention") is False
+    assert first_keys(plain, None, cfg, "block_sparse_attention") is False
 
 
 def test_attention_is_the_same_for_any_thread_count_and_takes_bf16():
@@ -144,6 +184,36 @@ def test_model_gradients_with_the_kernels_match_pytorch_operators(extra, monkeyp
         model = Transformer(cfg)
         model.init_weights(0)
         loss = token_losses(model(ids[:, :-1]), ids[:, 1:]) / ids[:, 1:].numel()
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+    loss, grads = run("1")
+    ref_loss, ref_grads = run("0")
+    assert abs(loss - ref_loss) < 1e-5
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert rel_err(grad, ref_grads[name]) < 2e-5, name
+
+
+@pytest.mark.parametrize("sliding", [None, 16])
+def test_packed_and_sliding_window_gradients_match_pytorch_operators(sliding, monkeypatch):
+    """Packed examples as acik.train.sft packs them (segment ids, positions restarting per example, padding as
+    segment 0 with no targets), with full or sliding-window layers: the kernel's gradients against the masked
+    PyTorch path."""
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, sliding_window=sliding)
+    g = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 97, (2, 90), generator=g)
+    seg = torch.tensor([[1] * 30 + [2] * 45 + [0] * 15, [1] * 90])
+    pos = torch.cat([torch.arange(30), torch.arange(45), torch.zeros(15, dtype=torch.long)])[None]
+    pos = torch.cat([pos, torch.arange(90)[None]])
+    targets = torch.randint(0, 97, (2, 90), generator=g).masked_fill(seg == 0, -100)
+
+    def run(kernels: str):
+        monkeypatch.setenv("ACIK_CPU_KERNELS", kernels)
+        model = Transformer(cfg)
+        model.init_weights(0)
+        loss = token_losses(model(ids, positions=pos, segment_ids=seg), targets) / (targets != -100).sum()
         loss.backward()
         return loss.item(), {n: p.grad for n, p in model.named_parameters()}
 

@@ -29,9 +29,9 @@ def _load(march: str) -> ctypes.CDLL | None:
     if lib is None:
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.acik_attention_forward.argtypes = [ptr] * 5 + [i64] + [ptr] * 2 + [i64] * 5 + [ctypes.c_float, ctypes.c_int]
+    lib.acik_attention_forward.argtypes = [ptr] * 5 + [i64] + [ptr] * 3 + [i64] * 5 + [ctypes.c_float, ctypes.c_int]
     lib.acik_attention_forward.restype = ctypes.c_int
-    lib.acik_attention_backward.argtypes = [ptr] * 5 + [i64] + [ptr] * 6 + [i64] * 5 + [ctypes.c_float, ctypes.c_int]
+    lib.acik_attention_backward.argtypes = [ptr] * 5 + [i64] + [ptr] * 7 + [i64] * 5 + [ctypes.c_float, ctypes.c_int]
     lib.acik_attention_backward.restype = ctypes.c_int
     lib.acik_attention_vector_width.restype = ctypes.c_int
     lib.acik_rms_norm_forward.argtypes = [ptr] * 4 + [i64] * 2 + [ctypes.c_float, ctypes.c_int]
@@ -82,62 +82,69 @@ def _rope(cos: torch.Tensor | None, sin: torch.Tensor | None) -> tuple[int, int,
 
 @torch.library.custom_op("acik::causal_attention", mutates_args=())
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+             first: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     (B, T, H, D), Hkv = q.shape, k.shape[2]
     o, lse = torch.empty_like(q), q.new_empty(B, H, T)
-    _check(library().acik_attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_rope(cos, sin), o.data_ptr(),
-                                            lse.data_ptr(), B, T, H, Hkv, D, scale, torch.get_num_threads()))
+    _check(library().acik_attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_rope(cos, sin),
+                                            0 if first is None else first.data_ptr(), o.data_ptr(), lse.data_ptr(),
+                                            B, T, H, Hkv, D, scale, torch.get_num_threads()))
     return o, lse
 
 
 @_forward.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+      first: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, H, _ = q.shape
     return torch.empty_like(q), q.new_empty(B, H, T)
 
 
 @torch.library.custom_op("acik::causal_attention_backward", mutates_args=())
 def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-              o: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor,
+              first: torch.Tensor | None, o: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor,
               scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     (B, T, H, D), Hkv = q.shape, k.shape[2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _check(library().acik_attention_backward(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_rope(cos, sin), o.data_ptr(),
-                                             lse.data_ptr(), grad.data_ptr(), dq.data_ptr(), dk.data_ptr(),
-                                             dv.data_ptr(), B, T, H, Hkv, D, scale, torch.get_num_threads()))
+    _check(library().acik_attention_backward(q.data_ptr(), k.data_ptr(), v.data_ptr(), *_rope(cos, sin),
+                                             0 if first is None else first.data_ptr(), o.data_ptr(), lse.data_ptr(),
+                                             grad.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                             B, T, H, Hkv, D, scale, torch.get_num_threads()))
     return dq, dk, dv
 
 
 @_backward.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-      o: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor, scale: float) -> tuple:
+      first: torch.Tensor | None, o: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor, scale: float) -> tuple:
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs: tuple, output: tuple) -> None:
-    q, k, v, cos, sin, ctx.scale = inputs
-    ctx.save_for_backward(q, k, v, cos, sin, *output)
+    q, k, v, cos, sin, first, ctx.scale = inputs
+    ctx.save_for_backward(q, k, v, cos, sin, first, *output)
 
 
 def _grad(ctx, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple:
-    q, k, v, cos, sin, o, lse = ctx.saved_tensors
-    return (*_backward(q, k, v, cos, sin, o, lse, grad.contiguous(), ctx.scale), None, None, None)
+    q, k, v, cos, sin, first, o, lse = ctx.saved_tensors
+    return (*_backward(q, k, v, cos, sin, first, o, lse, grad.contiguous(), ctx.scale), None, None, None, None)
 
 
 _forward.register_autograd(_grad, setup_context=_setup)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
+                     cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+                     first_key: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale, causal) v for q [B, T, H, D] and k, v [B, T, Hkv, D] (query head h reads key head
     h // (H / Hkv)) -> [B, T, H, D] in q's dtype, computed in fp32. With `cos` and `sin` ([B, T, D] or [1, T, D],
-    acik.model.rope's tables), q and k are rotated first, as `apply_rope` does. Differentiable (not in cos and
-    sin). Call where `supports(q, D)` and H % Hkv == 0."""
+    acik.model.rope's tables), q and k are rotated first, as `apply_rope` does. `first_key` [B, T] (int, at most
+    the query's own index) narrows query i to keys first_key[i] .. i: packed examples, sliding windows.
+    Differentiable (not in cos, sin and first_key). Call where `supports(q, D)` and H % Hkv == 0."""
     dtype = q.dtype
     if cos is not None:
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
-    o, _ = _forward(q.float().contiguous(), k.float().contiguous(), v.float().contiguous(), cos, sin, scale)
+    if first_key is not None:
+        first_key = first_key.to(torch.int64).contiguous()
+    o, _ = _forward(q.float().contiguous(), k.float().contiguous(), v.float().contiguous(), cos, sin, first_key,
+                    scale)
     return o.to(dtype)
 
 

@@ -44,6 +44,35 @@ MASKS = {
 }
 
 
+def first_keys(positions: torch.Tensor, segment_ids: torch.Tensor | None, config,
+               layer_type: str) -> torch.Tensor | None | bool:
+    """The same mask as index ranges, for acik's CPU attention kernel: the first key (row index) each query sees,
+    the last being itself. None for plain causal attention; False where the mask is not such a range (then the
+    layer builds the mask). Ranges hold where each packed example is one contiguous run of its segment id, as
+    acik.train.sft packs them, and positions step by one inside a run (segment 0, packing's padding, is exempt:
+    it carries no loss and no other token attends to it)."""
+    if layer_type not in ("full_attention", "sliding_attention"):
+        return False
+    window = config.sliding_window if layer_type == "sliding_attention" else None
+    if segment_ids is None and window is None:
+        return None
+    B, T = positions.shape
+    new_run = torch.zeros(B, T, dtype=torch.bool, device=positions.device)
+    new_run[:, 0] = True
+    steps = positions.diff(dim=1) == 1
+    if segment_ids is not None:
+        new_run[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        distinct = 1 + (segment_ids.sort(dim=1).values.diff(dim=1) != 0).sum(1)
+        if not torch.equal(distinct, new_run.sum(1)):  # an id in two runs
+            return False
+        steps |= new_run[:, 1:] | (segment_ids[:, 1:] == 0)
+    if not bool(steps.all()):
+        return False
+    index = torch.arange(T, device=positions.device)
+    first = torch.where(new_run, index, 0).cummax(dim=1).values
+    return first if window is None else torch.maximum(first, index - window + 1)
+
+
 class Attention(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -72,7 +101,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                 cache=None, segment_ids: torch.Tensor | None = None, masks: dict | None = None) -> torch.Tensor:
         """`masks`: shared by the layers of one forward pass; the first layer of each attention pattern
-        stores its mask there and the others reuse it (every layer of a pattern sees the same keys)."""
+        stores its mask (and its `first_keys`) there and the others reuse it (every layer of a pattern sees the
+        same keys)."""
         B, T, _ = x.shape
         if self.qkv_proj is not None:
             q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
@@ -85,27 +115,32 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.head_dim)
         if self.config.qk_norm == "head":  # Qwen3: per head, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
-        plain_causal = cache is None and segment_ids is None and self.is_causal_only and not self.config.attention_sinks
-        if plain_causal and torch.is_grad_enabled() and cpu_training.supports(q, self.head_dim):
+        masks = {} if masks is None else masks
+        if (cache is None and not self.config.attention_sinks and torch.is_grad_enabled()
+                and cpu_training.supports(q, self.head_dim)):
             # Training on a CPU: acik's kernel, on the [B, T, heads, D] layout the projections produce, with
             # RoPE applied inside it when it rotates whole heads.
-            if cos.shape[-1] == self.head_dim:
-                out = cpu_training.causal_attention(q, k, v, self.scale, cos[:, 0], sin[:, 0])
-            else:
-                q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
-                out = cpu_training.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v, self.scale)
-            return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
+            key = ("first_keys", self.layer_type)
+            if key not in masks:
+                masks[key] = first_keys(positions, segment_ids, self.config, self.layer_type)
+            if masks[key] is not False:
+                if cos.shape[-1] == self.head_dim:
+                    out = cpu_training.causal_attention(q, k, v, self.scale, cos[:, 0], sin[:, 0], masks[key])
+                else:
+                    q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
+                    out = cpu_training.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v, self.scale,
+                                                        first_key=masks[key])
+                return self.o_proj(out.reshape(B, T, self.n_heads * self.head_dim))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         k_pos = positions
         if cache is not None:
             k, v, k_pos = cache.update(self.layer_idx, k, v, positions)
-        if plain_causal:
+        if cache is None and segment_ids is None and self.is_causal_only and not self.config.attention_sinks:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
                                                  enable_gqa=self.n_kv != self.n_heads)
         else:
-            masks = {} if masks is None else masks
             if self.layer_type not in masks:
                 masks[self.layer_type] = self.mask(positions, k_pos, segment_ids)
             out = self._attend(q, k, v, masks[self.layer_type])
