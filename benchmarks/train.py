@@ -6,7 +6,8 @@
     AdamW beta2 0.99, warmup 100 then cosine to 1e-4, no dropout). nanoGPT's published figure for its
     2000-iteration CPU run is 1.88 (char level; the text is ASCII, so bytes are characters).
     Both get the same budget; the step count of each is set from its own measured step time, so each
-    finishes its learning-rate schedule inside the budget. Both are scored on the same validation windows.
+    finishes its learning-rate schedule in about the budget (neither run is cut short; the table shows the
+    seconds each took). Both are scored on the same validation windows.
 (b) Training tokens/s (forward, backward, AdamW step) of one Llama-architecture config in acik and in
     transformers' LlamaForCausalLM, both in a plain loop, median of several alternating runs; in fp32 and
     under bf16 autocast, each side against the other at the same precision.
@@ -62,7 +63,7 @@ def nanogpt_lr(step: int, max_steps: int, lr: float = 1e-3, min_lr: float = 1e-4
     return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def gpt2_run(train: np.ndarray, steps: int, budget: float | None, seed: int = 1337):
+def gpt2_run(train: np.ndarray, steps: int, seed: int = 1337):
     """nanoGPT's CPU settings on transformers' GPT-2, plain loop. Returns (model, steps done, seconds)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -75,7 +76,7 @@ def gpt2_run(train: np.ndarray, steps: int, budget: float | None, seed: int = 13
     t0 = time.perf_counter()
     step = 0
     step_times = []
-    while step < steps and (budget is None or time.perf_counter() - t0 < budget):
+    while step < steps:
         t_step = time.perf_counter()
         offs = torch.randint(0, len(train) - 65, (12,), generator=g).tolist()
         rows = torch.from_numpy(np.stack([train[o:o + 65].astype(np.int64) for o in offs]))
@@ -124,13 +125,15 @@ def bench_a(budget: float) -> list[tuple]:
         step_s = statistics.median((w1 - w0) / (s1 - s0) for (s0, w0), (s1, w1) in zip(walls, walls[1:]))
         fixed = max(secs - walls[-1][1], 0.0)  # data loading, export, report
         acik_steps = int((budget - fixed) / step_s * 0.97)
-        gpt_step_s = statistics.median(gpt2_run(data.train, 100, None)[3][5:])
+        gpt_step_s = statistics.median(gpt2_run(data.train, 100)[3][5:])
         gpt_steps = int(budget / gpt_step_s * 0.97)
         print(f"calibrated: acik {acik_steps} steps ({step_s * 1e3:.0f} ms/step), GPT-2 {gpt_steps} steps "
               f"({gpt_step_s * 1e3:.0f} ms/step) in {budget:.0f} s", file=sys.stderr)
         model, done, secs_a, s = acik_run(acik_steps, Path(tmp) / "run")
         loss_a = val_loss(lambda t: model(t), x, y)
-        gpt, done_g, secs_g, _ = gpt2_run(data.train, gpt_steps, budget)
+        # Neither run is cut at the budget: each finishes its calibrated steps and learning-rate schedule, and
+        # the table shows the seconds each took.
+        gpt, done_g, secs_g, _ = gpt2_run(data.train, gpt_steps)
         loss_g = val_loss(lambda t: gpt(t).logits, x, y)
     return [("acik (recipes/tinyshakespeare.yaml)", done, f"{secs_a:.0f}", s.batch_size, s.seq_len, f"{loss_a:.3f}"),
             ("transformers GPT2LMHeadModel, nanoGPT CPU settings", done_g, f"{secs_g:.0f}", 12, 64, f"{loss_g:.3f}"),

@@ -117,7 +117,7 @@ INLINE void store_bf16(uint16_t *p, vec x) { /* round to nearest even; NaN stays
 #error "acik's attention kernel needs AVX2 with FMA, or AVX-512"
 #endif
 
-int acik_attention_vector_width(void) { return VL; }
+int acik_vector_width(void) { return VL; }
 
 /* Element i of an fp32 or bf16 array, VL at a time. */
 INLINE vec loadx(const void *p, int64_t i, int bf16) {

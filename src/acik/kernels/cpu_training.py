@@ -1,5 +1,5 @@
-"""acik's training kernels for x86-64 CPUs (cpu_training.c), forward and backward, fp32: causal self-attention,
-RMSNorm and SwiGLU.
+"""acik's training kernels for x86-64 CPUs (cpu_training.c), forward and backward: causal self-attention (computed
+in fp32 from fp32 or bf16), RMSNorm (fp32) and SwiGLU (fp32 or bf16).
 
 PyTorch's CPU flash-attention kernel runs the small heads of small models (head_dim 32-64) at a fraction
 of the speed of the CPU's matrix multiplies, and its bf16 version more slowly still, so attention was a
@@ -33,7 +33,7 @@ def _load(march: str) -> ctypes.CDLL | None:
     lib.acik_attention_forward.restype = ctypes.c_int
     lib.acik_attention_backward.argtypes = [ptr] * 5 + [i64] + [ptr] * 7 + [i64] * 5 + [ctypes.c_float, ctypes.c_int]
     lib.acik_attention_backward.restype = ctypes.c_int
-    lib.acik_attention_vector_width.restype = ctypes.c_int
+    lib.acik_vector_width.restype = ctypes.c_int
     lib.acik_rms_norm_forward.argtypes = [ptr] * 4 + [i64] * 2 + [ctypes.c_float, ctypes.c_int]
     lib.acik_rms_norm_backward.argtypes = [ptr] * 6 + [i64] * 2 + [ctypes.c_int]
     lib.acik_swiglu_forward.argtypes = [ptr] * 3 + [i64, ctypes.c_int, ctypes.c_int]
@@ -63,7 +63,7 @@ def supports(x: torch.Tensor, width: int | None = None) -> bool:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return False
     lib = library()
-    return lib is not None and (width is None or width % lib.acik_attention_vector_width() == 0)
+    return lib is not None and (width is None or width % lib.acik_vector_width() == 0)
 
 
 def _check(err: int) -> None:
