@@ -238,3 +238,34 @@ def test_model_uses_the_kernels_only_for_training(monkeypatch):
     assert not calls
     model(ids).sum().backward()
     assert calls
+
+
+@pytest.mark.parametrize("march", ["native", "haswell"])
+def test_cross_entropy_matches_the_float64_reference(march, monkeypatch):
+    """Per-row loss with z-loss and ignored rows, and the logits' gradient, for vocabularies that end mid-vector;
+    bf16 logits computed in fp32 (the gradient in bf16); an out-of-range target is refused, as PyTorch does."""
+    monkeypatch.setenv("ACIK_CPU_KERNEL_MARCH", march)
+    g = torch.Generator().manual_seed(7)
+    for N, V, z in [(5, 16, 0.0), (37, 260, 1e-4), (8, 1000, 0.0), (3, 7, 1e-2)]:
+        logits = (torch.randn(N, V, generator=g) * 3).requires_grad_()
+        targets = torch.randint(0, V, (N,), generator=g)
+        targets[1] = -100
+        loss = cpu_training.cross_entropy(logits, targets, z)
+        xd = logits.double().detach().requires_grad_()
+        lse = xd.logsumexp(-1)
+        ref = (F.cross_entropy(xd, targets, ignore_index=-100, reduction="none") + z * lse ** 2) * (targets != -100)
+        assert loss.shape == (N,) and loss[1] == 0 and rel_err(loss, ref) < 1e-6, (N, V)
+        w = torch.rand(N, generator=g)  # a different upstream gradient per row
+        got, = torch.autograd.grad((loss * w).sum(), logits)
+        want, = torch.autograd.grad((ref * w.double()).sum(), xd)
+        assert rel_err(got, want) < 1e-5 and not got[1].any(), (N, V)
+        lb = logits.detach().bfloat16().requires_grad_()
+        loss_b = cpu_training.cross_entropy(lb, targets, z)
+        ref_b = F.cross_entropy(lb.double(), targets, ignore_index=-100, reduction="none")
+        ref_b = (ref_b + z * lb.double().logsumexp(-1) ** 2) * (targets != -100)
+        assert loss_b.dtype == torch.float32 and rel_err(loss_b, ref_b) < 1e-6
+        got_b, = torch.autograd.grad(loss_b.sum(), lb)
+        want_b, = torch.autograd.grad(ref_b.sum(), lb)  # float64 math on the bf16 logits, rounded to bf16
+        assert got_b.dtype == torch.bfloat16 and rel_err(got_b, want_b) < 2e-2
+    with pytest.raises(ValueError, match="target 9 is out of range for 7 classes"):
+        cpu_training.cross_entropy(torch.randn(2, 7), torch.tensor([1, 9]))

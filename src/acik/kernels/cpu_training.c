@@ -518,3 +518,74 @@ int acik_swiglu_backward(const void *g, const void *u, const void *dh, void *dg,
     })
     return 0;
 }
+
+/* Cross-entropy over rows of logits [N x V], fp32 or bf16 (computed in fp32), with z-loss: loss_i = lse_i -
+   x_i[t_i] + z * lse_i^2, where lse_i = log sum_j exp(x_ij); rows whose target is `ignore` give 0. PyTorch
+   spends about seven passes over the logits on this (log-softmax, gather, a zeroed gradient, the scatter and
+   log-softmax's backward); here the forward reads each row twice (from cache the second time) and the backward
+   reads it and writes its gradient once. */
+
+static inline float scalar_at(const void *x, int64_t j, int bf16) {
+    if (!bf16) return ((const float *)x)[j];
+    uint32_t u = (uint32_t)((const uint16_t *)x)[j] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Elements from .. V - 1 of a row (fewer than VL) in a vector's worth of scratch, padded with -inf. */
+static inline void tail_scratch(const void *x, int64_t from, int64_t V, int bf16, float *scratch) {
+    for (int64_t j = 0; j < VL; j++) {
+        if (bf16) ((uint16_t *)scratch)[j] = from + j < V ? ((const uint16_t *)x)[from + j] : 0xff80;
+        else scratch[j] = from + j < V ? ((const float *)x)[from + j] : -INFINITY;
+    }
+}
+
+int acik_cross_entropy_forward(const void *x, const int64_t *t, float *loss, float *lse, int64_t N, int64_t V,
+                               int64_t ignore, float z, int bf16, int nthreads) {
+    const int64_t nv = V / VL * VL, es = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(team(nthreads, N / 8 + 1)) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const char *row = (const char *)x + i * V * es;
+        float tail[VL];
+        tail_scratch(row, nv, V, bf16, tail);
+        vec mx = loadx(tail, 0, bf16);
+        for (int64_t j = 0; j < nv; j += VL) mx = vmax(mx, loadx(row, j, bf16));
+        const float m = hmax(mx);
+        const vec mv = vset1(m);
+        vec sum = vexp(vsub(loadx(tail, 0, bf16), mv));
+        for (int64_t j = 0; j < nv; j += VL) sum = vadd(sum, vexp(vsub(loadx(row, j, bf16), mv)));
+        const float l = m + logf(hsum(sum));
+        lse[i] = l;
+        loss[i] = t[i] == ignore ? 0.f : l - scalar_at(row, t[i], bf16) + z * l * l;
+    }
+    return 0;
+}
+
+/* dx_ij = g_i * ((1 + 2 z lse_i) softmax_ij - [j == t_i]); 0 for ignored rows. */
+int acik_cross_entropy_backward(const void *x, const int64_t *t, const float *lse, const float *g, void *dx, int64_t N,
+                                int64_t V, int64_t ignore, float z, int bf16, int nthreads) {
+    const int64_t nv = V / VL * VL, es = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(team(nthreads, N / 8 + 1)) schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const char *row = (const char *)x + i * V * es;
+        char *drow = (char *)dx + i * V * es;
+        const int skip = t[i] == ignore;
+        const vec c = vset1(skip ? 0.f : g[i] * (1.f + 2.f * z * lse[i])), lv = vset1(lse[i]);
+        for (int64_t j = 0; j < nv; j += VL) storex(drow, j, vmul(c, vexp(vsub(loadx(row, j, bf16), lv))), bf16);
+        if (nv < V) {
+            float tail[VL], out[VL];
+            tail_scratch(row, nv, V, bf16, tail);
+            storex(out, 0, vmul(c, vexp(vsub(loadx(tail, 0, bf16), lv))), bf16);
+            memcpy(drow + nv * es, out, (size_t)((V - nv) * es));
+        }
+        if (!skip) { /* minus g at the target, in the row's dtype */
+            const int64_t j = t[i];
+            float tmp[VL];
+            tail_scratch(drow, j, j + 1, bf16, tmp);
+            storex(tmp, 0, vsub(loadx(tmp, 0, bf16), vset1(g[i])), bf16);
+            memcpy(drow + j * es, tmp, (size_t)es);
+        }
+    }
+    return 0;
+}

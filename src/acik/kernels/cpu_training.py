@@ -1,5 +1,5 @@
 """acik's training kernels for x86-64 CPUs (cpu_training.c), forward and backward: causal self-attention (computed
-in fp32 from fp32 or bf16), RMSNorm (fp32) and SwiGLU (fp32 or bf16).
+in fp32 from fp32 or bf16), RMSNorm (fp32), SwiGLU and cross-entropy (fp32 or bf16).
 
 PyTorch's CPU flash-attention kernel runs the small heads of small models (head_dim 32-64) at a fraction
 of the speed of the CPU's matrix multiplies, and its bf16 version more slowly still, so attention was a
@@ -7,8 +7,9 @@ fifth of a small model's training step here. acik's kernel computes the same Fla
 with register-tiled products (docs/training.md "CPU kernels"). It works in fp32 whatever the
 input dtype: under bf16 autocast it is still faster than PyTorch's bf16 kernel, and more exact.
 
-RMSNorm and SwiGLU are chains of elementwise operators in PyTorch (about fifteen passes over the
-activations for one RMSNorm, forward and backward); here each is one pass each way.
+RMSNorm, SwiGLU and cross-entropy are chains of elementwise operators in PyTorch (about fifteen passes over the
+activations for one RMSNorm, seven over the logits for cross-entropy, forward and backward); here each is one
+or two passes each way.
 
 Results are deterministic and the same for any number of threads. Built on first use by acik.kernels.build;
 where it cannot be built, `supports` is False and the model runs PyTorch's operators as before.
@@ -38,7 +39,10 @@ def _load(march: str) -> ctypes.CDLL | None:
     lib.acik_rms_norm_backward.argtypes = [ptr] * 6 + [i64] * 2 + [ctypes.c_int]
     lib.acik_swiglu_forward.argtypes = [ptr] * 3 + [i64, ctypes.c_int, ctypes.c_int]
     lib.acik_swiglu_backward.argtypes = [ptr] * 5 + [i64, ctypes.c_int, ctypes.c_int]
-    for f in (lib.acik_rms_norm_forward, lib.acik_rms_norm_backward, lib.acik_swiglu_forward, lib.acik_swiglu_backward):
+    lib.acik_cross_entropy_forward.argtypes = [ptr] * 4 + [i64] * 3 + [ctypes.c_float] + [ctypes.c_int] * 2
+    lib.acik_cross_entropy_backward.argtypes = [ptr] * 5 + [i64] * 3 + [ctypes.c_float] + [ctypes.c_int] * 2
+    for f in (lib.acik_rms_norm_forward, lib.acik_rms_norm_backward, lib.acik_swiglu_forward, lib.acik_swiglu_backward,
+              lib.acik_cross_entropy_forward, lib.acik_cross_entropy_backward):
         f.restype = ctypes.c_int
     return lib
 
@@ -241,3 +245,63 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if up.dtype != gate.dtype:
         up = up.to(gate.dtype)
     return _swiglu(gate.contiguous(), up.contiguous())
+
+
+@torch.library.custom_op("acik::cross_entropy", mutates_args=())
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, z_loss: float,
+                   ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    N, V = logits.shape
+    loss, lse = logits.new_empty(N, dtype=torch.float32), logits.new_empty(N, dtype=torch.float32)
+    _check(library().acik_cross_entropy_forward(logits.data_ptr(), targets.data_ptr(), loss.data_ptr(), lse.data_ptr(),
+                                                N, V, ignore_index, z_loss, logits.dtype == torch.bfloat16,
+                                                torch.get_num_threads()))
+    return loss, lse
+
+
+@_cross_entropy.register_fake
+def _(logits: torch.Tensor, targets: torch.Tensor, z_loss: float, ignore_index: int) -> tuple:
+    N = logits.shape[0]
+    return logits.new_empty(N, dtype=torch.float32), logits.new_empty(N, dtype=torch.float32)
+
+
+@torch.library.custom_op("acik::cross_entropy_backward", mutates_args=())
+def _cross_entropy_backward(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor,
+                            z_loss: float, ignore_index: int) -> torch.Tensor:
+    N, V = logits.shape
+    dx = torch.empty_like(logits)
+    _check(library().acik_cross_entropy_backward(logits.data_ptr(), targets.data_ptr(), lse.data_ptr(),
+                                                 grad.data_ptr(), dx.data_ptr(), N, V, ignore_index, z_loss,
+                                                 logits.dtype == torch.bfloat16, torch.get_num_threads()))
+    return dx
+
+
+@_cross_entropy_backward.register_fake
+def _(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, grad: torch.Tensor, z_loss: float,
+      ignore_index: int) -> torch.Tensor:
+    return torch.empty_like(logits)
+
+
+def _cross_entropy_setup(ctx, inputs: tuple, output: tuple) -> None:
+    logits, targets, ctx.z_loss, ctx.ignore_index = inputs
+    ctx.save_for_backward(logits, targets, output[1])
+
+
+def _cross_entropy_grad(ctx, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple:
+    logits, targets, lse = ctx.saved_tensors
+    dx = _cross_entropy_backward(logits, targets, lse, grad.float().contiguous(), ctx.z_loss, ctx.ignore_index)
+    return dx, None, None, None
+
+
+_cross_entropy.register_autograd(_cross_entropy_grad, setup_context=_cross_entropy_setup)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0,
+                  ignore_index: int = -100) -> torch.Tensor:
+    """Per-row loss [N] (fp32) of logits [N, V] (fp32 or bf16, computed in fp32) against targets [N]:
+    logsumexp - the target's logit + z_loss * logsumexp^2, and 0 where the target is `ignore_index`.
+    Differentiable in the logits. Call where `supports(logits)`."""
+    targets = targets.to(torch.int64).contiguous()
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= logits.shape[1]))
+    if bool(bad.any()):
+        raise ValueError(f"target {int(targets[bad][0])} is out of range for {logits.shape[1]} classes")
+    return _cross_entropy(logits.contiguous(), targets, z_loss, ignore_index)[0]

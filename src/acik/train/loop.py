@@ -116,8 +116,10 @@ def moe_aux_loss(model: nn.Module) -> torch.Tensor | float:
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> torch.Tensor:
     """Sum over target positions (targets != -100) of cross-entropy plus z_loss * logsumexp^2."""
-    logits = logits.float().reshape(-1, logits.shape[-1])
-    targets = targets.reshape(-1)
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    if torch.is_grad_enabled() and cpu_training.supports(logits):
+        return cpu_training.cross_entropy(logits, targets, z_loss, IGNORE).sum()  # training on a CPU: fused
+    logits = logits.float()
     loss = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
     if z_loss:
         valid = targets != IGNORE
