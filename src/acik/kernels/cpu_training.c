@@ -475,24 +475,18 @@ INLINE void swiglu_vec(const void *g, const void *u, void *h, int64_t i, int bf1
     storex(h, i, vmul(vmul(gv, vsigmoid(gv)), loadx(u, i, bf16)), bf16);
 }
 
-/* The last n % VL elements go through a vector's worth of zeroed scratch. */
-#define TAIL(n, bf16, ...)                                                                                           \
-    for (int64_t t0 = (n) / VL * VL, es = (bf16) ? 2 : 4; t0 < (n); t0 = (n)) {                                    \
-        const int64_t bytes = ((n) - t0) * es;                                                                       \
-        __VA_ARGS__                                                                                                  \
-    }
-
 /* fp32 or bf16 (computed in fp32, rounded once). */
 int acik_swiglu_forward(const void *g, const void *u, void *h, int64_t n, int bf16, int nthreads) {
     const int64_t nv = n / VL * VL;
 #pragma omp parallel for num_threads(team(nthreads, n / 4096 + 1)) schedule(static)
     for (int64_t i = 0; i < nv; i += VL) swiglu_vec(g, u, h, i, bf16);
-    TAIL(n, bf16, {
+    if (nv < n) { /* the last n % VL elements, through a vector's worth of zeroed scratch */
+        const int64_t es = bf16 ? 2 : 4, bytes = (n - nv) * es;
         float tg[VL] = {0}, tu[VL] = {0}, th[VL];
-        memcpy(tg, (const char *)g + t0 * es, bytes), memcpy(tu, (const char *)u + t0 * es, bytes);
+        memcpy(tg, (const char *)g + nv * es, bytes), memcpy(tu, (const char *)u + nv * es, bytes);
         swiglu_vec(tg, tu, th, 0, bf16);
-        memcpy((char *)h + t0 * es, th, bytes);
-    })
+        memcpy((char *)h + nv * es, th, bytes);
+    }
     return 0;
 }
 
@@ -509,13 +503,14 @@ int acik_swiglu_backward(const void *g, const void *u, const void *dh, void *dg,
     const int64_t nv = n / VL * VL;
 #pragma omp parallel for num_threads(team(nthreads, n / 4096 + 1)) schedule(static)
     for (int64_t i = 0; i < nv; i += VL) swiglu_back_vec(g, u, dh, dg, du, i, bf16);
-    TAIL(n, bf16, {
+    if (nv < n) { /* as in the forward */
+        const int64_t es = bf16 ? 2 : 4, bytes = (n - nv) * es;
         float tg[VL] = {0}, tu[VL] = {0}, td[VL] = {0}, tdg[VL], tdu[VL];
-        memcpy(tg, (const char *)g + t0 * es, bytes), memcpy(tu, (const char *)u + t0 * es, bytes);
-        memcpy(td, (const char *)dh + t0 * es, bytes);
+        memcpy(tg, (const char *)g + nv * es, bytes), memcpy(tu, (const char *)u + nv * es, bytes);
+        memcpy(td, (const char *)dh + nv * es, bytes);
         swiglu_back_vec(tg, tu, td, tdg, tdu, 0, bf16);
-        memcpy((char *)dg + t0 * es, tdg, bytes), memcpy((char *)du + t0 * es, tdu, bytes);
-    })
+        memcpy((char *)dg + nv * es, tdg, bytes), memcpy((char *)du + nv * es, tdu, bytes);
+    }
     return 0;
 }
 
