@@ -502,6 +502,7 @@ def test_cpu_kernels_under_torch_compile():
     """Compiled, the kernels are opaque operators (acik::int8_matmul, acik::int4_matmul, acik::table_matmul) inside
     one graph: the same outputs as eager."""
     torch._dynamo.reset()
+    torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32))
     quantize_model(model, "int8", skip=[])
     model[2] = Int4Linear.from_linear(torch.nn.Linear(96, 32), 32)
@@ -515,7 +516,9 @@ def test_cpu_kernels_under_torch_compile():
         want = model(x)
         got = torch.compile(model, fullgraph=True)(x)
     assert model[0]._kernel[0] == "acik" and model[2]._kernel[0] == "acik"
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Inductor's GELU may differ from eager's by an ulp, and the next kernel rounds its input to int16 steps of
+    # 1/32767 of the row's largest value, so one step may move: the kernels' own bound, 1e-4 (not 1e-5).
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 # --- model directories ---------------------------------------------------------------------------
