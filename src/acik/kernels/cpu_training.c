@@ -1,5 +1,5 @@
 /* Training kernels for x86-64 CPUs, forward and backward: causal self-attention (this first part), then
-   RMSNorm and SwiGLU (at the end).
+   RMSNorm, SwiGLU and cross-entropy (at the end).
 
    Attention, fp32: a FlashAttention-style forward (online softmax over key blocks, saving each row's
    log-sum-exp) and backward (recomputing the probabilities block by block).
