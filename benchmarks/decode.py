@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from acik.config import preset
 from acik.engine import Engine, Request
-from acik.hf import config_to_hf
+from acik.formats.hf import config_to_hf
 from acik.llm import LLM
 from acik.model.inference import PackedLinear, can_pack
 from acik.model.transformer import Transformer

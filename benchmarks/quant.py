@@ -246,7 +246,7 @@ def hf_runner(model: Transformer, cfg, dtype: torch.dtype, prompt: list[int], ar
     import transformers as tf
     from transformers.generation.streamers import BaseStreamer
 
-    from acik.hf import config_to_hf
+    from acik.formats.hf import config_to_hf
 
     hf_cfg = tf.LlamaConfig(**{k: v for k, v in config_to_hf(cfg).items() if k != "architectures"})
     ref = tf.LlamaForCausalLM(hf_cfg).eval()

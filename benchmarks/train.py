@@ -148,7 +148,7 @@ def throughput(cfg, batch: int, seq: int, steps: int, repeats: int, with_compile
     acik_compiled with `with_compile`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from acik.hf import config_to_hf
+    from acik.formats.hf import config_to_hf
     from acik.model import Transformer
     from acik.train.loop import token_losses
     from acik.train.optim import build_optimizers

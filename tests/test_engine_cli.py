@@ -8,7 +8,8 @@ import torch
 
 from acik.cli import main
 from acik.config import preset
-from acik.engine.generate import chat_loop, resolve_model
+from acik.engine.generate import chat_loop
+from acik.models import resolve
 from acik.llm import LLM
 from acik.model.transformer import Transformer
 from acik.tokenizer import save_byte_tokenizer
@@ -87,11 +88,11 @@ def test_pull_offline_fails_at_once(tmp_path, monkeypatch, capsys):
 def test_chat_finds_a_pulled_model(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ACIK_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="acik pull owner/name"):
-        resolve_model("owner/name")
+        resolve("owner/name")
     target = tmp_path / "models" / "owner" / "name"
     target.parent.mkdir(parents=True)
     target.symlink_to(model_dir)
-    assert resolve_model("owner/name") == target
+    assert resolve("owner/name").path == target
 
 
 def test_chat_loop(model_dir, tmp_path):

@@ -7,7 +7,7 @@ import torch
 import transformers as tf
 
 import acik
-from acik.hf import CheckpointError
+from acik.formats import CheckpointError
 from hf_models import hf_logits, make_hf_model
 
 CFG = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -47,7 +47,7 @@ def test_sharded_checkpoint_and_dtype(tmp_path):
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     # acik writes shards too, and reads its own shards back
     llm.save(tmp_path / "ours")
-    from acik.hf import save_pretrained
+    from acik.formats.hf import save_pretrained
     save_pretrained(llm.model, llm.config, tmp_path / "ours-sharded", max_shard_bytes=20_000)
     assert len(list((tmp_path / "ours-sharded").glob("model-*.safetensors"))) > 1
     again = acik.load(tmp_path / "ours-sharded", dtype="float32")

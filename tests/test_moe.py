@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 
 import acik
 from acik.config import ModelConfig
-from acik.hf import CheckpointError, describe
+from acik.formats import CheckpointError
+from acik.info import describe
 from acik.model import Transformer
 from acik.model.moe import MoE, add_group_bias, router_losses
 from acik.quant.mxfp4 import dequantize_mxfp4, mxfp4_bytes, quantize_mxfp4

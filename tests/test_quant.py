@@ -11,11 +11,11 @@ import torch
 
 import acik
 from acik.config import ModelConfig
+from acik.formats.compressed import _pack_rows, _unpack_rows, pack_int32
 from acik.kernels import build, cpu_matmul
 from acik.llm import LLM
 from acik.model import Transformer
 from acik.quant import METHODS, QuantizationError, methods, quantize_model
-from acik.quant.formats import _pack_rows, _unpack_rows, pack_int32
 from acik.quant.linear import Int4Linear, Int8Linear, QuantLinear
 
 GROUP = {"int8": None, "w8a8": None, "int4": 64, "int4-hqq": 64, "nf4": 64, "mxfp4": 32}
@@ -162,7 +162,7 @@ def test_compressed_tensors_packing_matches_the_library():
     assert torch.equal(_pack_rows(zeros), want)
     assert torch.equal(_unpack_rows(want, 20), zeros)
     # an int8 head in an int4 directory: pack-quantized at 8 bits, four codes to an int32
-    from acik.quant.formats import saved_tensors
+    from acik.formats.compressed import saved_tensors
 
     head = Int8Linear.from_linear(torch.nn.Linear(64, 24))
     packed = saved_tensors("lm_head", head, packed=True)["lm_head.weight_packed"]
@@ -603,7 +603,7 @@ def test_transformers_reads_compressed_tensors(base_dir, tmp_path, method):
 def test_int8_head_under_a_4bit_method(base_dir, tmp_path, method):
     """head="int8": the body in 4 bits, the output head per channel in 8 (llama.cpp's choice); the directory
     records it (a second compressed-tensors group targeting lm_head, for int4) and reloads the same layers."""
-    from acik.hf import describe
+    from acik.info import describe
 
     llm = acik.load(base_dir, quantize=method, head="int8")
     assert isinstance(llm.model.lm_head, Int8Linear) and llm.model.quantization["head"] == "int8"
@@ -637,7 +637,7 @@ def test_head_option_errors():
 
 
 def test_info_shows_bits_and_bytes(base_dir, tmp_path):
-    from acik.hf import describe
+    from acik.info import describe
 
     acik.load(base_dir, quantize="int4").save(tmp_path / "q")
     text = describe(tmp_path / "q")

@@ -5,7 +5,7 @@ import torch
 import transformers as tf
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from acik.hf import config_from_hf
+from acik.formats.hf import config_from_hf
 from acik.model.rope import rope_frequencies
 
 

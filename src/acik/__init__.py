@@ -1,20 +1,23 @@
 """acik: a fully open LLM stack. `acik.load(dir)` is the front door."""
 
-__version__ = "0.1.0"
+from acik.version import __version__
 
 
-def load(path, **kwargs):
-    """Load a model directory (Hugging Face format); see `acik.hf.load` for the options."""
-    from acik.hf import load as _load
+def load(model, **kwargs):
+    """Load a model: a Hugging Face directory, a .gguf file, a LoRA adapter directory, a run directory or a
+    built-in name such as "smollm2-135m-instruct"; see `acik.loader.load` for the options."""
+    from acik.loader import load as _load
 
-    return _load(path, **kwargs)
+    return _load(model, **kwargs)
 
 
-def load_tokenizer(path):
-    """Load the tokenizer of a model or tokenizer directory; see `acik.tokenizer.load_tokenizer`."""
+def load_tokenizer(model):
+    """Load the tokenizer of anything `acik.load` takes, or of a tokenizer directory; see
+    `acik.tokenizer.load_tokenizer`."""
+    from acik.models import tokenizer_source
     from acik.tokenizer import load_tokenizer as _load_tokenizer
 
-    return _load_tokenizer(path)
+    return _load_tokenizer(tokenizer_source(model))
 
 
 def finetune(base, data, out, **kwargs):

@@ -26,21 +26,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from acik.hf import describe
+    from acik.info import describe
 
     print(describe(args.dir))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from acik import __version__
+    from acik.version import __version__
 
     parser = argparse.ArgumentParser(prog="acik", description="A fully open LLM stack.")
     parser.add_argument("--version", action="version", version=f"acik {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("info", help="describe a model directory")
-    p.add_argument("dir")
+    p = sub.add_parser("info", help="describe a model: its family, size, layers and how its weights are stored")
+    p.add_argument("dir", metavar="MODEL", help="a model directory, .gguf file, LoRA adapter or built-in name")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("verify", help="check a directory against its acik.json manifest")
@@ -66,6 +66,7 @@ _STAGE_MODULES: list[str] = [
     "acik.train.pretrain",
     "acik.train.finetune",
     "acik.quant.cli",
+    "acik.models",
 ]
 
 
@@ -77,9 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from acik.train.interrupt import TrainingInterrupted
+
+        if not isinstance(e, TrainingInterrupted):
+            print("interrupted", file=sys.stderr)
+            return 130
+        if e.announce:  # under torchrun, rank 0 speaks for all processes
+            print(f"acik {args.command}: {e}; to continue, run the same command with --resume auto",
+                  file=sys.stderr)
+        return e.exit_code
     except (ValueError, OSError, KeyError, RuntimeError) as e:
         if os.environ.get("ACIK_DEBUG"):
             traceback.print_exc()

@@ -1,7 +1,7 @@
 """`ModelConfig`: every architecture acik runs is one set of these values.
 
 Families (Llama, Mistral, Qwen, OLMo, ...) differ only in the values; the model code never asks
-which family it is. `acik.hf` translates Hugging Face `config.json` files to and from this.
+which family it is. `acik.formats.hf` translates Hugging Face `config.json` files to and from this.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`LLM`: a loaded model directory: the Transformer, its config and its tokenizer."""
+"""`LLM`: a loaded model: the Transformer, its config, its tokenizer and its sampling defaults. `acik.load`
+(acik.loader) builds one from a model reference."""
 
 from __future__ import annotations
 
@@ -7,75 +8,22 @@ from pathlib import Path
 
 import torch
 
-from acik import hf
 from acik.config import ModelConfig
 from acik.manifest import write_manifest
 
 
 class LLM:
     def __init__(self, model: torch.nn.Module, config: ModelConfig, path: Path | None = None,
-                 tokenizer_dir: Path | None = None):
+                 tokenizer_dir: Path | None = None, generation_defaults: dict | None = None):
         self.model = model
         self.config = config
         self.path = path
+        # A tokenizer directory, or the .gguf file that holds the tokenizer with the weights.
         self.tokenizer_dir = tokenizer_dir
+        # Sampling defaults the model ships (generation_config.json, a GGUF's general.sampling.*); see generate().
+        self.generation_defaults = dict(generation_defaults or {})
         self._tokenizer = None
         self._engine = None
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | None = "cpu", dtype: str | torch.dtype | None = "auto", *,
-             active_experts: int | None = None, mxfp4: str = "dequantize", quantize: str | None = None,
-             group_size: int | None = None, skip: list[str] | None = None, head: str | None = None,
-             adapter: str | Path | None = None, optimize: bool = False) -> LLM:
-        """`active_experts`: experts each token is routed to (MoE top-k), overriding config.json, so
-        one checkpoint serves heavy and light use. `mxfp4`: "dequantize" (expand MXFP4 experts to
-        `dtype` at load) or "packed" (keep 4.25-bit experts in memory, dequantise routed experts per
-        forward; a dense MoE checkpoint is quantised at load). `quantize`: an `acik.quant` method
-        (int8, int4, int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size`, `skip` (default
-        `acik.quant.default_skip(method)`: int8 quantizes the output head, the others keep it) and `head`
-        ("int8": the head at 8 bits whatever the method); a
-        directory written by `acik quantize` loads quantized by itself. `adapter`: a LoRA adapter
-        directory (PEFT format) applied unmerged on top of the (possibly quantized) base. `optimize`:
-        rewrite the model for inference only, faster but no longer trainable or savable (see `optimize`)."""
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such model directory")
-        config = hf.read_config(path)
-        if mxfp4 not in ("dequantize", "packed"):
-            raise ValueError(f"mxfp4={mxfp4!r}: use 'dequantize' or 'packed'")
-        if config.num_experts:
-            config.expert_quant = "mxfp4" if mxfp4 == "packed" else None
-        if active_experts is not None:
-            if not config.num_experts:
-                raise ValueError(f"{path}: active_experts={active_experts} but this model has no experts")
-            if not 0 < active_experts <= config.num_experts:
-                raise ValueError(f"active_experts={active_experts}: must be in 1..{config.num_experts} "
-                                 "(the experts per MoE layer)")
-            config.num_experts_per_tok = active_experts
-        from acik.quant import formats
-
-        stored = formats.read_quantization(path)
-        if stored and quantize:
-            raise formats.QuantizationError(f"{path} is already quantized ({stored.get('quant_method')}); load it "
-                                            "without quantize=, or quantize its unquantized parent")
-        if formats.is_acik_quantized(stored):
-            model = formats.load_quantized(path, config, device=device, dtype=dtype)
-        else:
-            model = hf.build_model(config, path, device=device, dtype=dtype)
-            if quantize:
-                from acik.quant import quantize_model
-
-                quantize_model(model, quantize, group_size, skip, head)
-        if adapter is not None:
-            from acik.train.lora import load_adapter
-
-            load_adapter(model, adapter)
-            model.eval()
-        has_tokenizer = (path / "tokenizer.json").exists()
-        llm = cls(model, config, path, path if has_tokenizer else None)
-        if optimize:
-            llm.optimize()
-        return llm
 
     def optimize(self) -> dict[str, int]:
         """Rewrite the model in place for inference: fuse q/k/v and gate/up projections and, on CPU, prepack
@@ -132,13 +80,14 @@ class LLM:
              seed: int | None = None, parents: list[dict] | None = None, extra: dict | None = None,
              generation_config: dict | None = None) -> Path:
         """Write a Hugging Face directory that `transformers` loads, with its acik.json manifest."""
+        from acik.formats.hf import save_pretrained
         from acik.model.inference import refuse_if_optimized
         from acik.quant import is_quantized
 
         refuse_if_optimized(self.model, "save it")
-        save = hf.save_pretrained
+        save = save_pretrained
         if is_quantized(self.model):
-            from acik.quant.formats import save_quantized as save
+            from acik.formats.compressed import save_quantized as save
         out = save(self.model, self.config, out_dir, tokenizer_dir=self.tokenizer_dir,
                    generation_config=generation_config)
         parents = list(parents or [])

@@ -71,7 +71,7 @@ def hash_files(directory: str | Path) -> dict[str, dict]:
 
 
 def code_version() -> dict[str, Any]:
-    from acik import __version__
+    from acik.version import __version__
 
     out: dict[str, Any] = {"acik": __version__}
     src = Path(__file__).resolve().parent

@@ -4,7 +4,7 @@
   model, counts how often each layer routes to each expert, and keeps each layer's K most used
   experts (router rows and expert tensors dropped together), so DIR2 is a smaller directory of the
   same family that transformers loads.
-- `acik.load(DIR, active_experts=k)` changes how many experts each token uses at inference.
+- `load(DIR, active_experts=k)` changes how many experts each token uses at inference.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def shrink(llm, experts: int, ids: list[int], seq_len: int = 512, active_experts
 
 
 def _cmd_shrink(args: argparse.Namespace) -> int:
-    import acik
+    from acik.loader import load
     from acik.recipe import load_recipe, to_dict
 
     recipe = load_recipe(ShrinkRecipe, args.recipe, args.set, experts=args.experts, calib=args.calib,
@@ -107,7 +107,7 @@ def _cmd_shrink(args: argparse.Namespace) -> int:
     calib = Path(recipe.calib)
     if not calib.is_file():
         raise FileNotFoundError(f"{calib}: calibration text not found")
-    llm = acik.load(args.dir, dtype=recipe.dtype)
+    llm = load(args.dir, dtype=recipe.dtype)
     ids = calibration_ids(llm, calib.read_text(encoding="utf-8"))[:recipe.max_tokens]
     before = llm.config.num_experts
     kept = shrink(llm, recipe.experts, ids, recipe.seq_len, recipe.active_experts)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from acik.engine.scheduler import Engine, Handle, Request
+from acik.models import MODEL_HELP
 
 SAMPLING_KEYS = tuple(f.name for f in fields(Request) if f.name not in ("prompt_ids",))
 
@@ -82,10 +82,35 @@ def chat_prompt_ids(llm, messages: list[dict], **template_kwargs: Any) -> list[i
     return tok.encode(text, add_special_tokens=False)
 
 
-def chat(llm, messages: list[dict], stream: bool = False, **sampling: Any):
+def chat_ids(llm, messages: list[dict], truncation: str | None, max_new_tokens: int | None) -> list[int]:
+    """The prompt of `LLM.chat`: with `truncation="auto"` the oldest turns that do not fit are left out
+    (`acik.engine.history`); otherwise a conversation too long for the context is an error that says so."""
+    from acik.engine.history import ContextOverflow, fit_conversation, reply_budget
+
+    if truncation not in (None, "disabled", "auto"):
+        raise ValueError(f"truncation={truncation!r}: use 'auto' (drop the oldest turns to fit the context; the "
+                         f"system prompt stays) or 'disabled'")
+    context = get_engine(llm).max_seq_len
+    if truncation == "auto":
+        try:
+            return fit_conversation(messages, lambda m: chat_prompt_ids(llm, m), context,
+                                    reply_budget(context, max_new_tokens)).prompt_ids
+        except ContextOverflow as e:
+            raise ValueError(f"{e}; shorten the last message") from None
+    ids = chat_prompt_ids(llm, messages)
+    if len(ids) >= context:
+        raise ValueError(f"the conversation has {len(ids)} tokens but the context holds {context} (engine "
+                         f"max_seq_len); pass truncation='auto' to drop the oldest turns (the system prompt stays)")
+    return ids
+
+
+def chat(llm, messages: list[dict], stream: bool = False, truncation: str | None = None, **sampling: Any):
     """See `LLM.chat`."""
     tok = llm.tokenizer
-    ids = chat_prompt_ids(llm, messages)
+    if sampling.get("truncate") and truncation is None:  # the engine keeps the prompt's last tokens (system prompt included or not)
+        ids = chat_prompt_ids(llm, messages)
+    else:
+        ids = chat_ids(llm, messages, truncation, sampling.get("max_new_tokens", Request.max_new_tokens))
     if tok.is_harmony:
         sampling.setdefault("skip_special_tokens", False)
     handle = get_engine(llm).submit(_request(ids, sampling))
@@ -122,63 +147,6 @@ def _harmony_final(pieces: Iterator[str]) -> Iterator[str]:
         except HarmonyError:  # not harmony after all: pass the text through
             parser = None
             yield piece
-
-
-# ---------------------------------------------------------------------------------------------
-# Model resolution and download
-
-
-def acik_home() -> Path:
-    return Path(os.environ.get("ACIK_HOME") or Path.home() / ".cache" / "acik")
-
-
-def models_dir() -> Path:
-    return acik_home() / "models"
-
-
-PULL_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer*", "*.jinja", "*.txt",
-                 "README.md", "LICENSE*"]
-
-
-def resolve_model(name: str) -> Path:
-    """A model directory from a path, or a Hub repo id pulled earlier with `acik pull`."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    pulled = models_dir() / name
-    if (pulled / "config.json").exists():
-        return pulled
-    if "/" in name and not path.exists() and not name.startswith((".", "/")):
-        raise FileNotFoundError(f"{name}: not a directory, and not pulled into {models_dir()}; "
-                                f"run `acik pull {name}` first")
-    raise FileNotFoundError(f"{name}: no such model directory")
-
-
-def pull(repo_id: str, revision: str | None = None, out_dir: str | Path | None = None) -> Path:
-    """Download a model's safetensors, config and tokenizer files from the Hugging Face Hub."""
-    from huggingface_hub import constants, snapshot_download
-
-    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")):
-        raise ValueError(f"{repo_id!r} is not a Hub repo id (owner/name)")
-    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if constants.HF_HUB_OFFLINE or offline_env:  # the constant is read once, at import
-        raise ConnectionError(f"cannot pull {repo_id}: Hugging Face Hub access is off (HF_HUB_OFFLINE is set); "
-                              "unset HF_HUB_OFFLINE, or copy the model directory here and pass its path")
-    out = Path(out_dir) if out_dir else models_dir() / repo_id
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        snapshot_download(repo_id, revision=revision, local_dir=out, allow_patterns=PULL_PATTERNS)
-    except Exception as e:  # huggingface_hub's errors are many types; what matters is the message
-        raise ConnectionError(f"could not download {repo_id}: {type(e).__name__}: {e}") from None
-    if not (out / "config.json").exists():
-        raise FileNotFoundError(f"{repo_id} has no config.json: not a transformers model repository")
-    if not any(out.glob("*.safetensors")):
-        raise FileNotFoundError(f"{repo_id} has no .safetensors weights; acik never loads pickled weights")
-    from acik.manifest import write_manifest
-
-    write_manifest(out, kind="model", command=sys.argv, extra={"source": "huggingface", "repo_id": repo_id,
-                                                                 "revision": revision or "main"})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +210,7 @@ def _sampling(r: GenerateRecipe) -> dict[str, Any]:
 def _load(name: str, r: GenerateRecipe):
     import acik
 
-    llm = acik.load(resolve_model(name), dtype=r.dtype, optimize=r.optimize)
+    llm = acik.load(name, dtype=r.dtype, optimize=r.optimize)
     get_engine(llm, max_batch_size=1, max_seq_len=r.max_seq_len, compile=r.compile)
     return llm
 
@@ -252,7 +220,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     llm = _load(args.model, r)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     t0, n = time.perf_counter(), 0
-    handle = get_engine(llm).submit(_request(llm.tokenizer.encode(prompt), _sampling(r)))
+    ids, context = llm.tokenizer.encode(prompt), get_engine(llm).max_seq_len
+    if len(ids) >= context:  # the engine's own message names a Python argument, not a flag
+        raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {context}; "
+                         f"{_cli_context_hint(llm, context, 'shorten it')}")
+    handle = get_engine(llm).submit(_request(ids, _sampling(r)))
     for ev in handle:
         print(ev.text, end="", flush=True)
     get_engine(llm).close()
@@ -296,16 +268,20 @@ def _read_message(inp, out) -> str | None:
 def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None, out=None, policy=None) -> None:
     """The interactive chat of `acik chat` (reads `inp`, writes `out`). `policy` (an
     `acik.serve.policy.Policy`) refuses blocked input and filters the streamed reply, as `acik serve` does."""
+    from acik.engine.history import ContextOverflow, fit_conversation, overflow_notice, reply_budget
     from acik.harmony import HarmonyError, HarmonyStream
 
     inp, out = inp or sys.stdin, out or sys.stdout
     tok = llm.tokenizer
     harmony = tok.is_harmony
+    context = get_engine(llm).max_seq_len
+    reserve = reply_budget(context, sampling.get("max_new_tokens"))
+    told_dropping = False  # the notice that old turns are left out comes once a session
 
     def fresh() -> list[dict]:
         return [{"role": "system", "content": system}] if system else []
 
-    messages = fresh()
+    messages = fresh()  # the whole conversation (what /save writes); the model sees its newest part that fits
     out.write(CHAT_HELP + "\n")
     while True:
         text = _read_message(inp, out)
@@ -338,8 +314,18 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
             out.write(f"{refusal}\n")
             continue
         filt = policy.output_filter() if policy is not None else None
+        try:
+            fitted = fit_conversation(messages + [{"role": "user", "content": text}],
+                                      lambda m: chat_prompt_ids(llm, m), context, reserve)
+        except ContextOverflow as e:  # not added to the conversation, which goes on
+            out.write(f"({e}; {_cli_context_hint(llm, context, 'shorten the message')}; the conversation "
+                      f"goes on without it)\n")
+            continue
+        if fitted.dropped_turns and not told_dropping:
+            out.write(overflow_notice(context) + "\n")
+            told_dropping = True
         messages.append({"role": "user", "content": text})
-        ids = chat_prompt_ids(llm, messages)
+        ids = fitted.prompt_ids
         req = _request(ids, {**sampling, **({"skip_special_tokens": False} if harmony else {})})
         t0 = time.perf_counter()
         first = None
@@ -392,6 +378,14 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
             messages.append({"role": "assistant", "content": reply})
 
 
+def _cli_context_hint(llm, context: int, first: str) -> str:
+    """What to do about a prompt over the context, in the terminal's words (its flags, not Python's)."""
+    model_max = getattr(llm.config, "max_position_embeddings", 0) or 0
+    if context < model_max:
+        return f"{first}, or raise --max-seq-len (now {context}; the model allows {model_max})"
+    return first
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     r = _recipe(args)
     llm = _load(args.model, r)
@@ -404,29 +398,17 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
-    out = pull(args.repo_id, revision=args.revision, out_dir=args.out)
-    print(f"{args.repo_id} -> {out}")
-    return 0
-
-
 def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser("generate", help="continue a prompt with a model")
-    p.add_argument("model", help="model directory, or a repo id pulled with `acik pull`")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
     p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speed to stderr")
     _add_sampling_flags(p)
     p.set_defaults(func=_cmd_generate)
 
     p = subparsers.add_parser("chat", help="chat with a model in the terminal")
-    p.add_argument("model", help="model directory, or a repo id pulled with `acik pull`")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--policy", help="guardrails YAML, the same file `acik serve --policy` takes (docs/serve.md)")
     _add_sampling_flags(p)
     p.set_defaults(func=_cmd_chat)
-
-    p = subparsers.add_parser("pull", help="download a model from the Hugging Face Hub into $ACIK_HOME/models")
-    p.add_argument("repo_id", help="owner/name on the Hugging Face Hub")
-    p.add_argument("--revision", help="branch, tag or commit (default: main)")
-    p.add_argument("--out", help="directory (default: $ACIK_HOME/models/REPO_ID)")
-    p.set_defaults(func=_cmd_pull)

@@ -109,12 +109,14 @@ def evaluate(model_dir: str | Path | None = None, tasks: list[str] = ("ppl",), *
              api_key: str | None = None, tokenizer_dir: str | Path | None = None,
              batch_size: int = 8) -> dict[str, Any]:
     """Run `tasks` on a model directory (or a loaded `llm`, or a server at `api`); returns a results dict."""
-    import acik
+    from acik.loader import load
+    from acik.models import tokenizer_source
+    from acik.tokenizer import load_tokenizer
 
     if llm is None and api is None:
-        llm = acik.load(model_dir, dtype="float32", optimize=True)  # scoring only runs forward
+        llm = load(model_dir, dtype="float32", optimize=True)  # scoring only runs forward
     if api is not None:
-        tokenizer = acik.load_tokenizer(tokenizer_dir or model_dir)
+        tokenizer = load_tokenizer(tokenizer_source(tokenizer_dir or model_dir))
 
         def scorer(pairs):
             return api_loglikelihoods(api, model_name or "default", pairs, api_key)

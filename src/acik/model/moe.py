@@ -2,7 +2,7 @@
 as stacked tensors, and tokens are dispatched grouped by expert (sorted, one matmul per expert
 or one `torch._grouped_mm` for all of them), never one token at a time.
 
-Layout (acik's own, the same for every family; `acik.hf` maps the stored layouts at the edge):
+Layout (acik's own, the same for every family; `acik.formats` maps the stored layouts at the edge):
   router.weight [E, H] (+ router.bias [E])
   experts.gate_up_proj [E, 2I, H]: rows 0..I-1 are the gate, rows I..2I-1 the up projection
   experts.down_proj [E, H, I] (+ experts.gate_up_proj_bias [E, 2I], experts.down_proj_bias [E, H])

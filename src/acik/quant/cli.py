@@ -20,7 +20,7 @@ class QuantizeRecipe:
 
 def quantize_dir(src: str | Path, out: str | Path, recipe: QuantizeRecipe, command=None) -> dict:
     """Load `src`, quantize it as `recipe` says, save to `out` with a manifest; return a summary."""
-    import acik
+    from acik.loader import load
     from acik.quant import check_method, head_method, quantization_summary
     from acik.recipe import to_dict
 
@@ -29,7 +29,7 @@ def quantize_dir(src: str | Path, out: str | Path, recipe: QuantizeRecipe, comma
     if Path(out).resolve() == Path(src).resolve():
         raise ValueError(f"--out {out} is the source directory; write the quantized model somewhere else")
     start = time.perf_counter()
-    llm = acik.load(src, dtype=recipe.dtype, quantize=recipe.method, group_size=recipe.group_size, skip=recipe.skip,
+    llm = load(src, dtype=recipe.dtype, quantize=recipe.method, group_size=recipe.group_size, skip=recipe.skip,
                     head=recipe.head)
     seconds = time.perf_counter() - start
     summary = quantization_summary(llm.model)

@@ -326,7 +326,7 @@ def run_int8(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
 
 
 def run_eval(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[str]) -> dict:
-    import acik
+    from acik.loader import load
     from acik.data.shards import load_tokens
     from acik.eval.harness import score_multiple_choice
     from acik.eval.scoring import loglikelihoods, perplexity
@@ -339,7 +339,7 @@ def run_eval(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
     results: dict[str, Any] = {"questions": len(docs), "chance": 1 / 4, "models": {}}
     predictions = []
     for stage, label in MODEL_STAGES.items():
-        llm = acik.load(inputs[stage], dtype="float32", optimize=True)  # scoring only runs forward
+        llm = load(inputs[stage], dtype="float32", optimize=True)  # scoring only runs forward
 
         def scorer(pairs, model=llm.model):
             return loglikelihoods(model, pairs, batch_size=r.eval.batch_size)

@@ -72,7 +72,7 @@ def check_exposure(settings: ServeSettings) -> None:
 
 def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     """Load the model (unless `llm` is given), start its engine and return the FastAPI app."""
-    import acik
+    from acik.loader import load
     from acik.engine import Engine
     from acik.serve.app import ServerConfig, create_app
     from acik.serve.policy import Policy
@@ -80,9 +80,7 @@ def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     if not settings.model and llm is None:
         raise ServeError("give a model directory: acik serve DIR")
     if llm is None:
-        from acik.engine.generate import resolve_model
-
-        llm = acik.load(resolve_model(settings.model), device=settings.device, dtype=settings.dtype,
+        llm = load(settings.model, device=settings.device, dtype=settings.dtype,
                         optimize=settings.optimize)
     tokenizer = llm.tokenizer  # fails early, with the fix in the message, if the directory has none
     policy = Policy.load(settings.policy) if settings.policy else Policy()

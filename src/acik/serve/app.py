@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from acik.engine.history import ContextOverflow, fit_conversation, reply_budget
 from acik.harmony import HarmonyError
 from acik.serve.errors import APIError, install_handlers
 from acik.serve.metrics import Metrics
@@ -87,7 +88,9 @@ class _Generation:
         self.state = state
         self.http_request = http_request
         self.started = time.perf_counter()
-        self.first_token: float | None = None
+        self.first_token: float | None = None  # when the engine gave the first and the last token (pump thread)
+        self.last_token: float | None = None
+        self.timed_tokens = 0
         self.finish_reason: str | None = None
         self.completion_tokens = 0
         try:
@@ -117,6 +120,12 @@ class _Generation:
         def pump() -> None:
             try:
                 for ev in self.handle:
+                    if ev.token_id is not None:  # timed here, as the engine makes them, not as the loop relays them
+                        now = time.perf_counter()
+                        if self.first_token is None:
+                            self.first_token = now
+                        self.last_token = now
+                        self.timed_tokens += 1
                     if not put(ev):
                         return
             except BaseException as e:  # surfaced on the event loop, where it becomes a response
@@ -142,8 +151,6 @@ class _Generation:
                     ev.top_logprobs = [(t, _finite(v)) for t, v in ev.top_logprobs]
                 if ev.token_id is not None:
                     self.completion_tokens += 1
-                    if self.first_token is None:
-                        self.first_token = time.perf_counter()
                 if ev.finish_reason is not None:
                     self.finish_reason = ev.finish_reason
                 yield ev
@@ -155,6 +162,18 @@ class _Generation:
             elapsed = time.perf_counter() - self.started
             ttft = None if self.first_token is None else self.first_token - self.started
             self.state.metrics.finished(self.prompt_tokens, self.completion_tokens, self.finish_reason, ttft, elapsed)
+
+    def timings(self) -> dict[str, Any]:
+        """The server's own timing of this reply, named as llama-server names it: `prompt_ms` from arrival to
+        the first token (queue and prefill), `predicted_ms` from the first token to the last, and
+        `predicted_per_second` over those intervals (null under two tokens). Clients that receive tokens in
+        bursts (buffering proxies, a busy page) get the rate from here rather than from arrival times."""
+        first, last, n = self.first_token, self.last_token, self.timed_tokens
+        decode = (last - first) if first is not None and last is not None else 0.0
+        return {"prompt_n": self.prompt_tokens,
+                "prompt_ms": None if first is None else round((first - self.started) * 1000, 3),
+                "predicted_n": self.completion_tokens, "predicted_ms": round(decode * 1000, 3),
+                "predicted_per_second": round((n - 1) / decode, 3) if n > 1 and decode > 0 else None}
 
     async def _watch_disconnect(self) -> None:
         assert self.http_request is not None
@@ -282,7 +301,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
                            f"{config.max_concurrency}); retry shortly", code="server_busy",
                            headers={"Retry-After": "1"})
 
-    def check_prompt_ids(ids: list[int], param: str) -> None:
+    def check_prompt_ids(ids: list[int], param: str, fix: str = "Shorten the prompt.") -> None:
         if not ids:
             raise APIError(400, "the prompt is empty", param=param)
         bad = next((t for t in ids if t >= config.vocab_size), None)
@@ -291,7 +310,7 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
                            param=param)
         if len(ids) >= config.max_context:
             raise APIError(400, f"this model's maximum context length is {config.max_context} tokens; the prompt "
-                           f"has {len(ids)} tokens. Shorten the prompt.", param=param,
+                           f"has {len(ids)} tokens. {fix}", param=param,
                            code="context_length_exceeded")
 
     def budget(prompt_len: int, requested: int | None) -> int:
@@ -326,15 +345,31 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
             msg["content"] = _message_text(m.content) or ""
             messages.append(msg)
         kwargs = {"reasoning_effort": body.reasoning_effort} if body.reasoning_effort else {}
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=body.tools,
-                                                 tokenize=False, **kwargs)
-            prompt_ids = tokenizer.encode(text, add_special_tokens=False)
-        except ValueError as e:
-            raise APIError(400, f"could not render the conversation with the model's chat template: {e}",
-                           param="messages") from None
-        check_prompt_ids(prompt_ids, "messages")
+
+        def encode(msgs: list[dict]) -> list[int]:
+            try:
+                text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tools=body.tools,
+                                                     tokenize=False, **kwargs)
+            except ValueError as e:
+                raise APIError(400, f"could not render the conversation with the model's chat template: {e}",
+                               param="messages") from None
+            return tokenizer.encode(text, add_special_tokens=False)
+
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        dropped = None
+        if body.truncation == "auto":
+            try:
+                fitted = fit_conversation(messages, encode, config.max_context,
+                                          reply_budget(config.max_context, requested))
+            except ContextOverflow as e:
+                raise APIError(400, f"this model's maximum context length is {config.max_context} tokens; the "
+                               f"last message has {e.tokens} tokens with the system prompt. Shorten the message.",
+                               param="messages", code="context_length_exceeded") from None
+            prompt_ids, dropped = fitted.prompt_ids, fitted.dropped_messages
+        else:
+            prompt_ids = encode(messages)
+        check_prompt_ids(prompt_ids, "messages", 'Shorten the messages, or send "truncation": "auto" to drop the '
+                         'oldest turns.')
         max_new = budget(len(prompt_ids), requested)
         top = (body.top_logprobs or 0) if body.logprobs else None
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -354,10 +389,14 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         except BaseException:
             state.in_flight -= 1
             raise
+        # How many of the request's messages the model did not see (only with "truncation": "auto").
+        extra = {} if dropped is None else {"X-Acik-Dropped-Messages": str(dropped)}
         if body.stream:
-            return _Stream(_chat_stream(gen, cid, include_usage, top), [gen], state)
+            response = _Stream(_chat_stream(gen, cid, include_usage, top), [gen], state)
+            response.headers.update(extra)
+            return response
         try:
-            return JSONResponse(await _chat_full(gen, cid, top))
+            return JSONResponse(await _chat_full(gen, cid, top), headers=extra)
         finally:
             state.in_flight -= 1
 
@@ -427,15 +466,16 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
                   "finish_reason": _finish(finish)}
         return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": config.model_name,
                 "choices": [choice], "usage": _usage(gen.prompt_tokens, gen.completion_tokens),
-                "system_fingerprint": None}
+                "system_fingerprint": None, "timings": gen.timings()}
 
     async def _chat_stream(gen: _Generation, cid: str, include_usage: bool, top: int | None) -> AsyncIterator[str]:
         created = int(time.time())
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": config.model_name,
                 "system_fingerprint": None}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
-            obj = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None, **extra: Any) -> str:
+            obj = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                   **extra}
             if include_usage:
                 obj["usage"] = None
             return _sse(obj)
@@ -462,7 +502,8 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         rest = out.finish()
         if rest:
             yield chunk({"content": rest})
-        yield chunk({}, _finish(finish))
+        # An extra top-level field, as llama-server sends: OpenAI clients keep or ignore it.
+        yield chunk({}, _finish(finish), timings=gen.timings())
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(gen.prompt_tokens, gen.completion_tokens)})
         yield "data: [DONE]\n\n"
@@ -719,6 +760,6 @@ def _static(name: str) -> Response:
 
 
 def _version() -> str:
-    from acik import __version__
+    from acik.version import __version__
 
     return __version__

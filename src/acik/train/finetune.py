@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from acik.devices import resolve_device, resolve_dtype
 from acik.train import sft
 from acik.train.lora import ALL_LINEAR, apply_lora, lora_parameters, save_adapter
 
@@ -77,19 +78,13 @@ class FinetuneError(ValueError):
     pass
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _pick_dtype(name: str, device: torch.device, method: str) -> torch.dtype:
-    if name == "auto":
-        # Full fine-tuning keeps float32 master weights (bf16 autocast on GPU); a frozen LoRA base can be bf16.
-        return torch.bfloat16 if device.type == "cuda" and method != "full" else torch.float32
-    if name not in ("float32", "bfloat16", "float16"):
-        raise FinetuneError(f"dtype {name!r}: use auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
+    # Full fine-tuning keeps float32 master weights (bf16 autocast on GPU); a frozen LoRA base can be bf16.
+    auto = torch.bfloat16 if device.type == "cuda" and method != "full" else torch.float32
+    try:
+        return resolve_dtype(name, auto)
+    except ValueError as e:
+        raise FinetuneError(str(e)) from None
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -168,9 +163,11 @@ def _run_loop(model: torch.nn.Module, batches: Callable[[int], list[dict]], val_
 def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: str | Path | None = None,
              recipe: str | Path | FinetuneRecipe | None = None, overrides: list[str] | None = None,
              resume: str | None = None, command: str | list[str] | None = None, **settings: Any) -> Path:
-    """Fine-tune the model directory `base` on `data`; returns the output directory (`out/adapter` for
+    """Fine-tune `base` (anything `acik.load` takes: a model directory, a .gguf file, which trains on its
+    dequantized weights, or a built-in name) on `data`; returns the output directory (`out/adapter` for
     LoRA/QLoRA, `out/model` for full fine-tuning). `settings` override the recipe (FinetuneRecipe fields)."""
-    from acik.llm import LLM
+    from acik.loader import load
+    from acik.models import resolve
     from acik.recipe import load_recipe, to_dict
 
     if isinstance(recipe, FinetuneRecipe):
@@ -179,14 +176,15 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
         r = load_recipe(FinetuneRecipe, recipe, overrides, **settings)
     if r.method not in METHODS:
         raise FinetuneError(f"method {r.method!r}: use one of {', '.join(METHODS)}")
-    base, data, run_dir = Path(base), Path(data), Path(out)
+    base_ref = resolve(base).model
+    base, data, run_dir = base_ref.path, Path(data), Path(out)
     torch.manual_seed(r.seed)
-    device = _pick_device(r.device)
+    device = resolve_device(r.device)
     dtype = _pick_dtype(r.dtype, device, r.method)
     if r.method == "full" and dtype != torch.float32 and device.type == "cpu":
         raise FinetuneError("full fine-tuning on CPU needs dtype float32 (AdamW on bf16 weights loses updates)")
 
-    llm = LLM.load(base, device=str(device), dtype=dtype)
+    llm = load(base_ref, device=device, dtype=dtype, dequantize=True)
     tok = llm.tokenizer
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
 
@@ -245,7 +243,8 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
     val_list = [_batch_dict(b) for b in sft.eval_batches(val_set, batch_size=r.batch_size, seq_len=r.max_seq_len,
                                                          packed=r.packing, pad_id=pad_id, max_batches=r.eval_batches)]
     lr = r.lr if r.lr is not None else (2e-5 if r.method == "full" else 2e-4)
-    parents = [_dir_parent(base, "base_model"), _file_parent(data, "data")]
+    parents = [_dir_parent(base, "base_model") if base.is_dir() else _file_parent(base, "base_model"),
+               _file_parent(data, "data")]
     if val_data is not None:
         parents.append(_file_parent(Path(val_data), "val_data"))
     recipe_dict = to_dict(r)
@@ -261,8 +260,8 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
             llm.save(out_dir, command=cmd, recipe=recipe_dict, seed=r.seed, parents=parents,
                      extra={"finetune": {"method": "full", "steps": step}})
         else:
-            save_adapter(model, out_dir, base_model=str(base), dropout=r.lora_dropout, use_rslora=r.use_rslora,
-                         state=state)
+            save_adapter(model, out_dir, base_model=base_ref.name or str(base), dropout=r.lora_dropout,
+                         use_rslora=r.use_rslora, state=state)
 
     t0 = time.time()
     result = _run_loop(model, batches, lambda: val_list, r, run_dir, device, max_steps, lr, trainable, export,
@@ -349,19 +348,20 @@ def write_model_card(out_dir: Path, *, base: Path, data: Path, val_data: Path | 
 def merge(base: str | Path, adapter: str | Path, out: str | Path, dtype: str = "auto",
           command: str | list[str] | None = None) -> Path:
     """Fold a LoRA adapter into the base weights and write a plain model directory."""
-    from acik.llm import LLM
+    from acik.loader import load
     from acik.manifest import write_manifest
+    from acik.models import resolve
     from acik.train.lora import find_adapter_dir, merge_lora
 
-    base, out = Path(base), Path(out)
+    base_ref, out = resolve(base).model, Path(out)
+    base = base_ref.path
     adapter_dir = find_adapter_dir(adapter)
     # Merge in float32 so W + BA is not rounded twice, then store in the base's own dtype.
-    llm = LLM.load(base, dtype="float32", adapter=adapter_dir)
+    llm = load(base_ref, dtype="float32", adapter=adapter_dir, dequantize=True)
     n = merge_lora(llm.model)
-    from acik.hf import resolve_dtype
-
-    llm.model.to(resolve_dtype(dtype, llm.config))
-    parents = [_dir_parent(base, "base_model"), _dir_parent(adapter_dir, "adapter")]
+    llm.model.to(resolve_dtype(dtype, llm.config.torch_dtype))
+    parents = [_dir_parent(base, "base_model") if base.is_dir() else _file_parent(base, "base_model"),
+               _dir_parent(adapter_dir, "adapter")]
     llm.path = None  # the base is named in parents already
     llm.save(out, command=command or sys.argv, parents=parents, extra={"merged_lora_layers": n})
     card = adapter_dir / "README.md"

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from acik import hf
+from acik.formats import CheckpointError
+from acik.formats.hf import iter_checkpoint, save_pretrained, weight_files
 from acik.quant import METHODS, QuantizationError, check_method, targets
 from acik.quant.linear import Int4Linear, Int8Linear, MXFP4Linear, NF4Linear, QuantLinear
 
@@ -134,7 +135,7 @@ def buffers_from_saved(layer: QuantLinear, saved: dict[str, torch.Tensor]) -> di
 
 
 class _Tensors:
-    """What `hf.save_pretrained` needs from a model: its state dict and a parameter dtype."""
+    """What `save_pretrained` needs from a model: its state dict and a parameter dtype."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
         self.tensors, self.dtype = tensors, dtype
@@ -158,7 +159,7 @@ def save_quantized(model: nn.Module, config, out_dir: str | Path, *, tokenizer_d
     inside = tuple(f"{n}." for n, m in model.named_modules() if id(m) in quant)
     tensors.update({k: v for k, v in model.state_dict().items() if not k.startswith(inside)})
     dtype = model.model.embed_tokens.weight.dtype
-    out = hf.save_pretrained(_Tensors(tensors, dtype), config, out_dir, tokenizer_dir=tokenizer_dir,
+    out = save_pretrained(_Tensors(tensors, dtype), config, out_dir, tokenizer_dir=tokenizer_dir,
                              generation_config=generation_config)
     cfg_path = out / "config.json"
     hf_cfg = json.loads(cfg_path.read_text())
@@ -175,7 +176,7 @@ def read_quantization(directory: str | Path) -> dict | None:
 
 def is_acik_quantized(qc: dict | None) -> bool:
     """True for quantized linears acik reads (its own output, compressed-tensors); gpt-oss's MXFP4
-    experts are read by `acik.hf` instead."""
+    experts are read by `acik.formats.hf` instead."""
     return bool(qc) and ("acik" in qc or qc.get("quant_method") == "compressed-tensors")
 
 
@@ -225,7 +226,7 @@ def _skeleton(linear: nn.Linear, method: str, group_size: int | None) -> QuantLi
     return MXFP4Linear(n_in, n_out, bias, device="meta")
 
 
-def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> nn.Module:
+def load_quantized(directory: str | Path, config, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Build the Transformer with quantized layers where the directory has them and fill it."""
     from acik.model import Transformer
 
@@ -233,7 +234,6 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
     where = str(directory / "config.json")
     method, group_size, skip, head = _method_of(read_quantization(directory), where)
     group_size = check_method(method, group_size)
-    device, dtype = hf.resolve_device(device), hf.resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = Transformer(config)
     names = targets(model, skip)
@@ -242,8 +242,8 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
         parent = model.get_submodule(parent_name) if parent_name else model
         own = (head, None) if name == "lm_head" and head else (method, group_size)
         setattr(parent, attr, _skeleton(getattr(parent, attr), *own))
-    files = hf.weight_files(directory)
-    saved = dict(hf.iter_checkpoint(files))
+    files = weight_files(directory)
+    saved = dict(iter_checkpoint(files))
     state: dict[str, torch.Tensor] = {}
     for name in names:
         layer = model.get_submodule(name)
@@ -252,7 +252,7 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
         try:
             state.update({prefix + k: v for k, v in buffers_from_saved(layer, mine).items()})
         except KeyError as e:
-            raise hf.CheckpointError(f"{directory}: {name} lacks tensor {e}; the weights do not match the "
+            raise CheckpointError(f"{directory}: {name} lacks tensor {e}; the weights do not match the "
                                      f"quantization_config ({method})") from None
         if "bias" in mine:
             state[prefix + "bias"] = mine["bias"].to(dtype)
@@ -264,12 +264,12 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
     expected = {k for k in expected if not k.endswith("rotary_emb.inv_freq")}
     if set(state) != expected:
         extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-        raise hf.CheckpointError(f"{directory}: tensors do not match the quantized model ({method}); "
+        raise CheckpointError(f"{directory}: tensors do not match the quantized model ({method}); "
                                  f"unexpected {extra[:3]}, missing {missing[:3]}")
     for k, v in state.items():
         want = model.get_parameter(k) if k in dict(model.named_parameters()) else model.get_buffer(k)
         if tuple(want.shape) != tuple(v.shape):
-            raise hf.CheckpointError(f"{directory}: tensor {k!r} has shape {tuple(v.shape)}, expected "
+            raise CheckpointError(f"{directory}: tensor {k!r} has shape {tuple(v.shape)}, expected "
                                      f"{tuple(want.shape)}")
     # Copies, not views into the file's buffer: the packed kernels read with aligned vector loads
     # and crash on a tensor at an unaligned offset.
@@ -283,40 +283,3 @@ def load_quantized(directory: str | Path, config, device="cpu", dtype=None) -> n
     model.quantization = {"method": method, "group_size": group_size, "skip": skip,
                           "head": head if "lm_head" in names else None}
     return model.eval()
-
-
-def describe_quantization(directory: str | Path) -> list[str]:
-    """Lines for `acik info`: method, format, bits per weight and bytes of a quantized directory."""
-    from safetensors import safe_open
-
-    from acik.model import Transformer
-
-    directory = Path(directory)
-    qc = read_quantization(directory)
-    if not is_acik_quantized(qc):
-        return []
-    method, group_size, skip, head = _method_of(qc, str(directory / "config.json"))
-    config = hf.read_config(directory)
-    with torch.device("meta"):
-        model = Transformer(config)
-    layers = {f"{n}.": model.get_submodule(n).weight.numel() for n in targets(model, skip)}
-    q_bytes = 0
-    for f in hf.weight_files(directory):
-        with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                prefix = k[:k.rfind(".") + 1]
-                if prefix in layers and not k.endswith(".bias"):
-                    t = st.get_slice(k)
-                    n = 1
-                    for d in t.get_shape():
-                        n *= d
-                    q_bytes += n * _DTYPE_BYTES[t.get_dtype()]
-    q_weights = sum(layers.values())
-    group = f", group size {group_size}" if group_size else ""
-    group += f", lm_head {head}" if head and "lm_head." in layers else ""
-    return [f"quantization:  {method}{group} ({qc.get('quant_method')} format), {len(layers)} linear layers",
-            f"quantized:     {q_weights:,} weights in {hf._gib(q_bytes)}: {8 * q_bytes / q_weights:.2f} bits per "
-            "weight with scales"]
-
-
-_DTYPE_BYTES = {"I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "F16": 2, "BF16": 2, "F32": 4}
