@@ -555,3 +555,175 @@ int acik_lut4_matmul(const uint8_t *w, const void *sc, const float *bias, const 
     return -2;
 #endif
 }
+
+/* ---- int8 in blocks: y = x @ (w * scale[block])^T + bias, one fp16 scale per G consecutive inputs ----
+
+   GGUF's Q8_0 (G = 32) and Int8Linear(group_size=G). The codes are read as stored, row-major int8 [N, K], and the
+   scales as stored, fp16 [N, K/G]: no second layout, so a tied output head shares one copy with the token
+   embedding and a Q8_0 tensor runs as the file holds it. Rows are contiguous, so a thread's range of outputs is
+   one sequential stream.
+
+   x is quantized to int16 per row as in the int8 kernel above (llama.cpp's Q8_0 dot rounds activations to int8
+   per block of 32, 256 times coarser; this stays within 1e-4 of the float matmul). Each output's dot product
+   runs along K 32 inputs a step: AVX-512 widens 32 codes to int16 (vpmovsxbw) and vpdpwssd multiplies them by 32
+   activations into 16 int32 lanes (AVX2: two halves through vpmaddwd). At each group's end the lanes go to float
+   times the group's scale (widened 16 at a time with vcvtph2ps into a small buffer, then broadcast from memory,
+   which costs no extra instruction), and the lanes are added once per output. Four (AVX2 at one row: four;
+   otherwise fewer) weight rows go together, so a tile runs independent accumulator chains and each activation
+   load serves several rows. Int32 lanes cannot overflow for G <= 4096: 4 * (G / 32) * 127 * 32767 < 2^31. */
+
+#define NRB 4   /* the most weight rows a tile takes */
+#define SCB 16  /* scales widened at a time */
+#if ISA == 512
+typedef __m512i vib;
+typedef __m512 vfb;
+INLINE vib codes32(const int8_t *w) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)w)); }
+INLINE vib dot32(vib acc, vib w, const int16_t *a) { return _mm512_dpwssd_epi32(acc, w, _mm512_loadu_si512((const void *)a)); }
+INLINE vfb scale_add(vfb acc, vib sum, float s) { return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(s), acc); }
+INLINE float hsum(vfb v) { return _mm512_reduce_add_ps(v); }
+#define ZEROI() _mm512_setzero_si512()
+#define ZEROF() _mm512_setzero_ps()
+#define RB_ROWS(R) ((R) <= 2 ? 4 : 2)
+#else
+typedef struct { __m256i lo, hi; } vib; /* 32 int16 codes as two halves */
+typedef __m256 vfb;
+INLINE vib codes32(const int8_t *w) {
+    vib v = {_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w)),
+             _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)))};
+    return v;
+}
+INLINE __m256i dot32i(__m256i acc, vib w, const int16_t *a) {
+    __m256i t = _mm256_add_epi32(_mm256_madd_epi16(w.lo, _mm256_loadu_si256((const __m256i *)a)),
+                                 _mm256_madd_epi16(w.hi, _mm256_loadu_si256((const __m256i *)(a + 16))));
+    return _mm256_add_epi32(acc, t);
+}
+INLINE vfb scale_add(vfb acc, __m256i sum, float s) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(s), acc); }
+INLINE float hsum(vfb v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+#define ZEROI() _mm256_setzero_si256()
+#define ZEROF() _mm256_setzero_ps()
+#define RB_ROWS(R) ((R) == 1 ? 4 : (R) == 2 ? 2 : 1)
+#endif
+
+/* The fp16 scales sc[i * groups + g0 .. + n) of NR rows, widened to fp32 into sf[i][0 .. n). */
+INLINE void widen_scales(const uint16_t *sc, size_t groups, size_t g0, size_t n, float sf[NRB][SCB], const int NR) {
+    for (int i = 0; i < NR; i++) {
+        const uint16_t *s = sc + i * groups + g0;
+        if (n == SCB) {
+#if ISA == 512
+            _mm512_storeu_ps(sf[i], _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s)));
+#else
+            _mm256_storeu_ps(sf[i], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)));
+            _mm256_storeu_ps(sf[i] + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 8))));
+#endif
+        } else {
+            for (size_t g = 0; g < n; g++) sf[i][g] = _cvtsh_ss(s[g]);
+        }
+    }
+}
+
+/* NR weight rows (w, sc: row i at w + i * K, sc + i * groups) times R activation rows (a, stride K): outputs
+   y[r * ldy + i], times the row scale, plus bias[i]. */
+INLINE void tileb(const int8_t *w, const uint16_t *sc, size_t K, size_t G, const int16_t *a, const float *ascale,
+                  const float *bias, void *y, size_t ldy, int bf16, const int R, const int NR) {
+    const size_t groups = K / G, steps = G / 32;
+    vfb facc[MAX_R][NRB];
+    float sf[NRB][SCB];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < NR; i++) facc[r][i] = ZEROF();
+    for (size_t g0 = 0; g0 < groups; g0 += SCB) {
+        size_t n = groups - g0 < SCB ? groups - g0 : SCB;
+        widen_scales(sc, groups, g0, n, sf, NR);
+        for (size_t g = 0; g < n; g++) {
+            const size_t k0 = (g0 + g) * G;
+#if ISA == 512
+            vib acc[MAX_R][NRB];
+#else
+            __m256i acc[MAX_R][NRB];
+#endif
+            for (int r = 0; r < R; r++)
+                for (int i = 0; i < NR; i++) acc[r][i] = ZEROI();
+            for (size_t s = 0; s < steps; s++) {
+                const size_t k = k0 + 32 * s;
+                for (int i = 0; i < NR; i++) {
+                    vib wv = codes32(w + i * K + k);
+                    for (int r = 0; r < R; r++)
+#if ISA == 512
+                        acc[r][i] = dot32(acc[r][i], wv, a + r * K + k);
+#else
+                        acc[r][i] = dot32i(acc[r][i], wv, a + r * K + k);
+#endif
+                }
+            }
+            for (int r = 0; r < R; r++)
+                for (int i = 0; i < NR; i++) facc[r][i] = scale_add(facc[r][i], acc[r][i], sf[i][g]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < NR; i++) {
+            float v = hsum(facc[r][i]) * ascale[r] + (bias ? bias[i] : 0.f);
+            if (bf16) ((uint16_t *)y)[r * ldy + i] = to_bf16(v);
+            else ((float *)y)[r * ldy + i] = v;
+        }
+}
+
+#define TILEB(R, NR) TILEB_(R, NR)
+#define TILEB_(R, NR)                                                                                          \
+    static void tileb_##R##_##NR(const int8_t *w, const uint16_t *sc, size_t K, size_t G, const int16_t *a,     \
+                                 const float *as, const float *b, void *y, size_t ldy, int bf16) {             \
+        tileb(w, sc, K, G, a, as, b, y, ldy, bf16, R, NR);                                                     \
+    }
+typedef void (*tileb_fn)(const int8_t *, const uint16_t *, size_t, size_t, const int16_t *, const float *,
+                         const float *, void *, size_t, int);
+TILEB(1, 1) TILEB(2, 1) TILEB(3, 1) TILEB(4, 1)
+TILEB(1, 4)
+#if ISA == 512
+TILEB(2, 4) TILEB(3, 2) TILEB(4, 2)
+#else
+TILEB(2, 2)
+#endif
+
+/* y [M, N] = x [M, K] @ (w * scale)^T (+ bias): w int8 [N, K] and sc fp16 [N, K/G] row-major (K % G == 0,
+   G % 32 == 0, G <= 4096), bias fp32 [N] or NULL, x and y fp32 (bf16 = 0) or bf16 (bf16 = 1). Returns 0, or -1
+   when out of memory. */
+int acik_int8b_matmul(const int8_t *w, const uint16_t *sc, const float *bias, const void *x, void *y, int64_t M,
+                      int64_t N, int64_t K, int64_t G, int bf16, int nthreads) {
+    size_t esize = bf16 ? 2 : 4, groups = (size_t)(K / G);
+    char *buf = malloc((size_t)M * (K * sizeof(int16_t) + sizeof(float)) + 64);
+    if (!buf) return -1;
+    int16_t *a = (int16_t *)buf;
+    float *ascale = (float *)(a + M * K);
+    for (int64_t m = 0; m < M; m++) quantize_row((const char *)x + m * K * esize, bf16, K, a + m * K, ascale + m, 32767.f);
+#if ISA == 512
+    tileb_fn wide[MAX_R] = {tileb_1_4, tileb_2_4, tileb_3_2, tileb_4_2};
+#else
+    tileb_fn wide[MAX_R] = {tileb_1_4, tileb_2_2, tileb_3_1, tileb_4_1};
+#endif
+    tileb_fn single[MAX_R] = {tileb_1_1, tileb_2_1, tileb_3_1, tileb_4_1};
+    size_t units = ((size_t)N + NRB - 1) / NRB; /* threads take whole runs of NRB rows */
+    nthreads = team_size(nthreads, units);
+#pragma omp parallel num_threads(nthreads)
+    {
+        size_t u0, u1;
+        my_blocks(units, &u0, &u1);
+        size_t n0 = u0 * NRB, n1 = u1 * NRB < (size_t)N ? u1 * NRB : (size_t)N;
+        for (size_t n = n0; n < n1; n += NRB) { /* NRB weight rows (in L1) against every row of x */
+            size_t rows = n1 - n < NRB ? n1 - n : NRB;
+            for (int64_t m = 0; m < M; m += MAX_R) {
+                int R = M - m < MAX_R ? (int)(M - m) : MAX_R, nr = RB_ROWS(R);
+                for (size_t i = 0; i < rows;) {
+                    int step = rows - i >= (size_t)nr ? nr : 1;
+                    tileb_fn fn = step == 1 ? single[R - 1] : wide[R - 1];
+                    fn(w + (n + i) * K, sc + (n + i) * groups, K, G, a + m * K, ascale + m,
+                       bias ? bias + n + i : NULL, (char *)y + (m * N + n + i) * esize, N, bf16);
+                    i += step;
+                }
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}

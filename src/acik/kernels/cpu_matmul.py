@@ -1,5 +1,6 @@
-"""acik's own weight-only matmuls for x86-64 CPUs (cpu_matmul.c), built on first use: int8, int4, and a table
-kernel for the 4-bit formats whose levels are not evenly spaced (NF4, MXFP4; AVX-512 only).
+"""acik's own weight-only matmuls for x86-64 CPUs (cpu_matmul.c), built on first use: int8 (one scale per output,
+or one per block of inputs as GGUF's Q8_0), int4, and a table kernel for the 4-bit formats whose levels are not
+evenly spaced (NF4, MXFP4; AVX-512 only).
 
 PyTorch's `_weight_int8pack_mm` reads int8 weights at about a third of this project's CPU's memory speed,
 so int8 decode was barely faster than bf16, and PyTorch has no NF4 or MXFP4 kernel at all. The C kernels
@@ -32,11 +33,13 @@ def _library(march: str) -> ctypes.CDLL | None:
     lib.acik_lut4_matmul.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_float]
                                      + [ctypes.c_int] * 3)
     lib.acik_lut4_matmul.restype = ctypes.c_int
+    lib.acik_int8b_matmul.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    lib.acik_int8b_matmul.restype = ctypes.c_int
     lib.acik_isa.restype = ctypes.c_int
     return lib
 
 
-_KERNEL: list = [None, None, None]  # acik_int8_matmul, acik_int4_matmul, acik_lut4_matmul: looked up once
+_KERNEL: list = [None] * 4  # acik_int8_matmul, acik_int4_matmul, acik_lut4_matmul, acik_int8b_matmul: looked up once
 
 
 def library() -> ctypes.CDLL | None:
@@ -45,7 +48,7 @@ def library() -> ctypes.CDLL | None:
         return None
     lib = _library(build.march())
     if lib is not None:
-        _KERNEL[:] = [lib.acik_int8_matmul, lib.acik_int4_matmul, lib.acik_lut4_matmul]
+        _KERNEL[:] = [lib.acik_int8_matmul, lib.acik_int4_matmul, lib.acik_lut4_matmul, lib.acik_int8b_matmul]
     return lib
 
 
@@ -64,6 +67,11 @@ def supports(out_features: int, in_features: int, group_size: int | None = None)
     if group_size is None:
         return out_features % 16 == 0 and in_features % 2 == 0
     return out_features % 16 == 0 and group_size % 8 == 0 and in_features % group_size == 0
+
+
+def supports_int8_blocks(in_features: int, group_size: int) -> bool:
+    """Whether the int8 block kernel takes blocks of `group_size` inputs (any number of outputs)."""
+    return group_size % 32 == 0 and group_size <= 4096 and in_features % group_size == 0
 
 
 def block(weight: torch.Tensor) -> torch.Tensor:
@@ -91,13 +99,14 @@ def _empty_out(x: torch.Tensor, n: int) -> torch.Tensor:
 def _launch(which: int, x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
             *extra) -> torch.Tensor:
     """Kernel `which` (0: int8; 1: int4, `extra` the group size; 2: table, `extra` the group size, the table, its
-    unit and whether the scales are E8M0) on x [..., in] -> [..., out]. A decode step makes ~50-85 of these calls,
-    so this path avoids every tensor operation it can."""
+    unit and whether the scales are E8M0; 3: int8 blocks, `extra` the group size, `weight` the codes [out, in]) on
+    x [..., in] -> [..., out]. A decode step makes ~50-85 of these calls, so this path avoids every tensor
+    operation it can."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         return _launch(which, x.float(), weight, scales, bias, *extra).to(x.dtype)
     if not x.is_contiguous():
         x = x.contiguous()
-    n, k = weight.shape[0] * 16, x.shape[-1]
+    n, k = weight.shape[0] * (16 if which != 3 else 1), x.shape[-1]
     y = _empty_out(x, n)
     rows = x.numel() // k
     kernel = _KERNEL[which]
@@ -202,3 +211,26 @@ def _table_matmul_op(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
 def _(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, table: torch.Tensor, unit: float,
       group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], packed.shape[0] * 16)
+
+
+def int8_block_matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, group_size: int,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ (codes * scales per block)^T + bias, with `codes` int8 [out, in] and `scales` fp16
+    [out, in / group_size] as stored (GGUF Q8_0 at group_size 32), both contiguous, `bias` fp32 [out], all on
+    CPU; x fp32 or bf16 (others compute in fp32). Call only where `available()` and
+    `supports_int8_blocks(in, group_size)`."""
+    if torch.compiler.is_compiling():
+        return _int8_block_matmul_op(x, codes, scales, group_size, bias)
+    return _launch(3, x, codes, scales, bias, group_size)
+
+
+@torch.library.custom_op("acik::int8_block_matmul", mutates_args=())
+def _int8_block_matmul_op(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, group_size: int,
+                          bias: torch.Tensor | None) -> torch.Tensor:
+    return _launch(3, x, codes, scales, bias, group_size)
+
+
+@_int8_block_matmul_op.register_fake
+def _(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, group_size: int,
+      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], codes.shape[0])

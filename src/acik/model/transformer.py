@@ -16,6 +16,7 @@ from acik.model.attention import Attention
 from acik.model.mlp import MLP
 from acik.model.norms import RMSNorm, make_norm
 from acik.model.rope import RotaryEmbedding
+from acik.quant.embedding import QuantEmbedding
 
 
 def make_feedforward(config: ModelConfig, layer_idx: int) -> nn.Module:
@@ -72,6 +73,15 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        # An int8 head tied to a QuantEmbedding (Int8Linear.tied_to) shares its buffers, which a device move gives
+        # each module a copy of: point the head back at the embedding's, so the table stays held once.
+        head, embed = self.lm_head, self.model.embed_tokens
+        if self.config.tie_word_embeddings and isinstance(embed, QuantEmbedding) and hasattr(head, "weight_scale"):
+            head.weight, head.weight_scale, head._kernel = embed.weight, embed.weight_scale, None
+        return out
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None,
                 segment_ids: torch.Tensor | None = None, last_only: bool = False,

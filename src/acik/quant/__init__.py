@@ -2,7 +2,8 @@
 model's `nn.Linear` layers for quantized ones in place.
 
 Methods (all calibration-free):
-  int8      weight-only, symmetric, one scale per output channel
+  int8      weight-only, symmetric, one scale per output channel, or (group_size=32) one fp16 scale per block
+            of 32 inputs, as llama.cpp's Q8_0
   int4      weight-only, asymmetric, groups of 32/64/128 inputs, round to nearest
   int4-hqq  the int4 layout with HQQ-optimised zero points
   nf4       QLoRA's NormalFloat4 levels, one absmax per block of inputs
@@ -16,11 +17,13 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from acik.quant.embedding import QuantEmbedding
 from acik.quant.linear import Int4Linear, Int8Linear, MXFP4Linear, NF4Linear, QuantLinear
 
 METHODS = ("int8", "int4", "int4-hqq", "nf4", "mxfp4", "w8a8")
 DEFAULT_GROUP_SIZE = {"int4": 64, "int4-hqq": 64, "nf4": 64, "mxfp4": 32}
 EIGHT_BIT = ("int8", "w8a8")
+INT8_GROUP_SIZES = (32, 64, 128, 256)  # int8's blocks (None: per channel); the block kernel takes multiples of 32
 HEAD_METHODS = ("int8", "same")  # what `head=` takes: int8, or the body's method
 
 
@@ -42,10 +45,16 @@ def check_method(method: str, group_size: int | None) -> int | None:
     """Validate (method, group_size) and return the group size to use (None: per channel)."""
     if method not in METHODS:
         raise QuantizationError(f"unknown quantization method {method!r}; valid methods: {', '.join(METHODS)}")
+    if method == "int8" and group_size is not None:
+        if group_size not in INT8_GROUP_SIZES:
+            raise QuantizationError(f"int8: group size {group_size} not supported; use one of "
+                                    f"{', '.join(map(str, INT8_GROUP_SIZES))} (32 is llama.cpp's Q8_0), or none for "
+                                    "one scale per output channel")
+        return group_size
     if method in EIGHT_BIT:
         if group_size is not None:
             raise QuantizationError(f"{method} uses one scale per output channel; drop the group size "
-                                    f"({group_size}), or pick int4/int4-hqq/nf4 for group-wise scales")
+                                    f"({group_size}), or use int8 for block-wise scales")
         return None
     if method == "mxfp4":
         if group_size not in (None, 32):
@@ -71,7 +80,7 @@ def _skipped(name: str, skip: Iterable[str]) -> bool:
 
 def quantize_layer(linear: nn.Linear, method: str, group_size: int | None) -> QuantLinear:
     if method in ("int8", "w8a8"):
-        return Int8Linear.from_linear(linear, activations=method == "w8a8")
+        return Int8Linear.from_linear(linear, activations=method == "w8a8", group_size=group_size)
     if method in ("int4", "int4-hqq"):
         return Int4Linear.from_linear(linear, group_size, hqq=method == "int4-hqq")
     if method == "nf4":
@@ -157,6 +166,7 @@ def quantization_summary(model: nn.Module) -> dict:
             "total_bytes": q_bytes + other}
 
 
-__all__ = ["HEAD_METHODS", "METHODS", "Int4Linear", "Int8Linear", "MXFP4Linear", "NF4Linear", "QuantLinear",
+__all__ = ["HEAD_METHODS", "METHODS", "Int4Linear", "Int8Linear", "MXFP4Linear", "NF4Linear", "QuantEmbedding",
+           "QuantLinear",
            "QuantizationError", "check_method", "default_skip", "head_method", "is_quantized",
            "quantization_summary", "quantize_model", "targets"]

@@ -12,7 +12,8 @@ from pathlib import Path
 @dataclass
 class QuantizeRecipe:
     method: str = "int8"
-    group_size: int | None = None  # None: the method's default (64 for int4/int4-hqq/nf4, 32 for mxfp4)
+    group_size: int | None = None  # None: the method's default (64 for int4/int4-hqq/nf4, 32 for mxfp4, per channel
+    # for int8; int8 with 32: llama.cpp's Q8_0 blocks)
     skip: list[str] | None = None  # None: the method's default (acik.quant.default_skip)
     head: str | None = None  # "int8": the output head at 8 bits whatever the method; None/"same": the method
     dtype: str = "auto"  # the dtype of what stays unquantized (embeddings, norms, skipped layers)
@@ -63,7 +64,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("dir", help="source model directory (unquantized)")
     p.add_argument("--out", required=True, help="where to write the quantized model directory")
     p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default int8)")
-    p.add_argument("--group-size", type=int, help="inputs per scale for int4/int4-hqq/nf4 (default 64)")
+    p.add_argument("--group-size", type=int, help="inputs per scale for int4/int4-hqq/nf4 (default 64); for int8, "
+                        "32/64/128/256 gives one scale per block of inputs (32: llama.cpp's Q8_0) instead of one "
+                        "per output channel")
     p.add_argument("--skip", help="comma-separated module names to leave unquantized (default: lm_head, the output "
                         "head, except for int8, which quantizes it; --skip '' quantizes every linear layer; "
                         "--skip lm_head keeps an int8 directory loadable by vLLM)")

@@ -135,23 +135,66 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 class Int8Linear(QuantLinear):
-    """Symmetric int8 weights, one scale per output channel: `weight` int8 [out, in] and
-    `weight_scale` fp32 [out]. With `activations=True` (w8a8) the input is quantized per token on
-    the fly too and the matmul runs in int8 (`torch._int_mm`), which pays off where compute, not
-    memory, is the limit (prefill, batches)."""
+    """Symmetric int8 weights `weight` int8 [out, in] with either one scale per output channel (`group_size`
+    None: `weight_scale` fp32 [out]) or one per block of `group_size` consecutive inputs (`weight_scale` fp16
+    [out, in / group_size]; at 32 this is llama.cpp's Q8_0, whose blocks are an fp16 scale and 32 codes).
+    Block scales stay fp16 as GGUF stores them: exact for Q8_0 files, half the bytes of fp32 (8.5 bits per
+    weight in all), and the kernel widens them for free (vcvtph2ps).
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, activations: bool = False, device=None):
+    With `activations=True` (w8a8, per channel only) the input is quantized per token on the fly too and the
+    matmul runs in int8 (`torch._int_mm`), which pays off where compute, not memory, is the limit (prefill,
+    batches).
+
+    Kernels on CPU: per channel, acik's blocked int8 kernel (its own layout, built on first use); per block,
+    acik's block kernel reads `weight` and `weight_scale` as stored (no second layout), so a tied output head
+    can share them with a `QuantEmbedding` (`Int8Linear.tied_to`). Elsewhere the weight is dequantized per call
+    (per block) or PyTorch's `_weight_int8pack_mm` runs (per channel)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, activations: bool = False, device=None,
+                 group_size: int | None = None):
         super().__init__(in_features, out_features, bias, device)
+        if group_size is not None and (activations or group_size < 1 or in_features % group_size):
+            raise ValueError(f"int8 blocks of {group_size} inputs need in_features ({in_features}) divisible by it "
+                             "and weight-only int8 (w8a8 keeps one scale per channel)")
+        self.group_size = group_size
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+        scale_shape = (out_features,) if group_size is None else (out_features, in_features // group_size)
+        self.register_buffer("weight_scale", torch.ones(scale_shape, device=device,
+                                                        dtype=torch.float32 if group_size is None else torch.float16))
         self.activations = activations
         self.method = "w8a8" if activations else "int8"
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, activations: bool = False) -> Int8Linear:
-        codes, scale = methods.quantize_int8(linear.weight)
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, "meta")
+    def from_linear(cls, linear: nn.Linear, activations: bool = False, group_size: int | None = None) -> Int8Linear:
+        """Quantize `linear`: one scale per output channel, or (`group_size=32`) one fp16 scale per block of 32
+        inputs, as llama.cpp's Q8_0."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, "meta", group_size)
+        codes, scale = methods.quantize_int8(linear.weight, group_size)
         return layer._fill(linear, weight=codes, weight_scale=scale)
+
+    @classmethod
+    def from_blocks(cls, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        """A layer from block-quantized weights as stored, e.g. a GGUF Q8_0 tensor: `codes` int8 [out, in],
+        `scales` [out, in / group] (fp16, as Q8_0's `d`; other float dtypes are rounded to fp16) with
+        w[o, i] = codes[o, i] * scales[o, i // group]; `bias` [out] or None. The tensors are kept, not copied,
+        where they already have these dtypes and are contiguous."""
+        if codes.dtype != torch.int8 or codes.dim() != 2 or scales.dim() != 2 or scales.shape[0] != codes.shape[0] \
+                or scales.shape[1] < 1 or codes.shape[1] % scales.shape[1]:
+            raise ValueError(f"from_blocks takes int8 codes [out, in] and scales [out, in / group]; got codes "
+                             f"{codes.dtype} {tuple(codes.shape)} and scales {tuple(scales.shape)}")
+        out_features, in_features = codes.shape
+        layer = cls(in_features, out_features, bias is not None, device="meta",
+                    group_size=in_features // scales.shape[1])
+        layer.weight, layer.weight_scale = codes.contiguous(), scales.to(torch.float16).contiguous()
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().float().to(codes.device), requires_grad=False)
+        return layer
+
+    @classmethod
+    def tied_to(cls, embedding: nn.Module, bias: torch.Tensor | None = None) -> Int8Linear:
+        """The output head over a `QuantEmbedding`'s codes and scales (tie_word_embeddings): the same tensors,
+        not a copy: `model.lm_head = Int8Linear.tied_to(model.model.embed_tokens)`."""
+        return cls.from_blocks(embedding.weight, embedding.weight_scale, bias)
 
     def codes(self) -> torch.Tensor:
         if "weight" not in self._buffers:  # for_inference kept only the kernel's layout
@@ -162,18 +205,24 @@ class Int8Linear(QuantLinear):
         return methods.dequantize_int8(self.codes(), self.weight_scale, dtype)
 
     def _empty(self, out_features: int, bias: bool) -> Int8Linear:
-        return Int8Linear(self.in_features, out_features, bias, self.activations, "meta")
+        return Int8Linear(self.in_features, out_features, bias, self.activations, "meta", self.group_size)
 
     def _own_kernel(self) -> bool:
-        return (not self.activations and self.weight_scale.device.type == "cpu"
-                and cpu_matmul.supports(self.out_features, self.in_features) and cpu_matmul.available())
+        if self.activations or self.weight_scale.device.type != "cpu":
+            return False
+        if self.group_size is None:
+            return cpu_matmul.supports(self.out_features, self.in_features) and cpu_matmul.available()
+        return cpu_matmul.supports_int8_blocks(self.in_features, self.group_size) and cpu_matmul.available()
 
     def _kernel_weights(self) -> tuple:
         if self._kernel is None:
-            if self._own_kernel():
+            bias = None if self.bias is None else self.bias.detach().float().contiguous()
+            if self.group_size is not None:  # the block kernel reads the stored buffers; elsewhere dequantize
+                self._kernel = (("acik-blocks", self.weight.contiguous(), self.weight_scale.contiguous(), bias)
+                                if self._own_kernel() else ("dequantize", None, None, None))
+            elif self._own_kernel():
                 weight = self._buffers.get("kernel_weight")
                 blocked = cpu_matmul.block(self.weight) if weight is None else weight
-                bias = None if self.bias is None else self.bias.detach().float().contiguous()
                 self._kernel = ("acik", blocked, self.weight_scale.float().contiguous(), bias)
             else:  # cast once, not per token (85 casts a decoded token at 124M)
                 self._kernel = ("aten", self.codes(), self.weight_scale.to(KERNEL_DTYPE), None)
@@ -181,14 +230,16 @@ class Int8Linear(QuantLinear):
 
     def for_inference(self) -> None:
         """Keep only acik's kernel layout (acik.model.inference.optimize: the model will only run forward), so
-        the codes are not held twice."""
-        if "weight" in self._buffers and self._own_kernel():
+        the codes are not held twice. Block-scaled layers already are the block kernel's layout."""
+        if self.group_size is None and "weight" in self._buffers and self._own_kernel():
             self.register_buffer("kernel_weight", self._kernel_weights()[1], persistent=False)
             del self._buffers["weight"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self._kernel or self._kernel_weights()
-        if kernel[0] == "acik" and not (x.requires_grad and torch.is_grad_enabled()):
+        if kernel[0] in ("acik", "acik-blocks") and not (x.requires_grad and torch.is_grad_enabled()):
+            if kernel[0] == "acik-blocks":
+                return cpu_matmul.int8_block_matmul(x, *kernel[1:3], self.group_size, kernel[3])  # adds the bias
             return cpu_matmul.int8_matmul(x, *kernel[1:])  # adds the bias too
         return super().forward(x)
 
@@ -203,6 +254,10 @@ class Int8Linear(QuantLinear):
             y = torch._int_mm(xq, self.weight.t())[:rows].float() * xs * self.weight_scale
         else:
             kind, weight, scale, _ = self._kernel_weights()
+            if kind == "dequantize":
+                return super().matmul(x)
+            if kind == "acik-blocks":
+                return cpu_matmul.int8_block_matmul(x, weight, scale, self.group_size)
             if kind == "acik":
                 return cpu_matmul.int8_matmul(x, weight, scale)
             y = torch.ops.aten._weight_int8pack_mm(flat.to(KERNEL_DTYPE), weight, scale)

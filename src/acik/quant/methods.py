@@ -41,18 +41,33 @@ def _groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.detach().float().reshape(out, n_in // group_size, group_size)
 
 
-# --- int8: symmetric, one scale per output channel -------------------------------------------
+# --- int8: symmetric, one scale per output channel or per block of inputs ---------------------
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (codes int8 [out, in], scale fp32 [out]); w ~= codes * scale[:, None]."""
-    w = w.detach().float()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return codes, scale
+def quantize_int8(w: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (codes int8 [out, in], scale): per output channel (`group_size` None), scale fp32 [out] and
+    w ~= codes * scale[:, None]; per block of `group_size` inputs, scale fp16 [out, in / group_size] and each
+    block's weights ~= its codes * its scale (llama.cpp's Q8_0 at group_size 32: fp16 d, then 32 int8 codes)."""
+    if group_size is None:
+        w = w.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return codes, scale
+    g = _groups(w, group_size)
+    # Codes are chosen against the fp16 scale that will be stored; a block whose scale rounds to zero (all
+    # weights under ~7e-6) stays zero, and clamping keeps codes symmetric (never -128).
+    scale = _stored((g.abs().amax(dim=-1) / 127.0).clamp(max=65504.0))
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(g / safe[..., None]).clamp(-127, 127) * (scale > 0)[..., None]
+    return codes.to(torch.int8).reshape(w.shape), scale.half()
 
 
 def dequantize_int8(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return (codes.float() * scale.float()[:, None]).to(dtype)
+    """The inverse of `quantize_int8`, for either scale layout (scale [out] or [out, in / group])."""
+    if scale.dim() == 1:
+        return (codes.float() * scale.float()[:, None]).to(dtype)
+    out, n_in = codes.shape
+    g = codes.float().reshape(out, scale.shape[1], -1)
+    return (g * scale.float()[..., None]).reshape(out, n_in).to(dtype)
 
 
 # --- int4: asymmetric, group-wise along the input dimension ----------------------------------
