@@ -12,7 +12,7 @@ so that a machine whose speed drifts over minutes (a shared one) moves all of th
 
     python benchmarks/decode.py [--threads 2] [--new 64] [--repeats 5] [--stat median|min] [--compile]
 
-acik runs as loaded (`LLM.load(dir)`) and optimized for inference (`LLM.load(dir, optimize=True)`, what
+acik runs as loaded (`acik.load(dir)`) and optimized for inference (`acik.load(dir, optimize=True)`, what
 `acik generate/chat/serve` do: fused projections, prepacked weights). `--compile` adds a row per dtype for
 `Engine(compile=True)` on an optimized model (what `--compile` does), with the seconds its
 first calls spent compiling.

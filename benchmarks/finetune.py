@@ -102,12 +102,11 @@ def gsm8k_check(a: argparse.Namespace) -> dict:
     """LoRA on gsm8k/train.jsonl: validation loss on gsm8k/test.jsonl before and after."""
     import torch
 
-    from acik.llm import LLM
     from acik.train import sft
     from acik.train.finetune import finetune
 
     test = SHARED / "gsm8k" / "test.jsonl"
-    llm = LLM.load(a.base, dtype="float32")
+    llm = acik.load(a.base, dtype="float32")
     val = sft.build_examples(sft.read_records(test), llm.tokenizer, max_seq_len=a.seq_len)
     batches = list(sft.eval_batches(val, batch_size=8, seq_len=a.seq_len, packed=True,
                                     pad_id=llm.tokenizer.pad_token_id, max_batches=a.gsm8k_eval_batches))

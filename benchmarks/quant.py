@@ -292,7 +292,7 @@ def speed(args) -> list[tuple]:
         entries.append((f"acik {str(dtype)[6:]}", acik_runner(m, cfg, prompt, args), model_bytes(m), ""))
     m = copy.deepcopy(base).to(torch.bfloat16)
     entries.append(("acik bfloat16, not optimized", acik_runner(m, cfg, prompt, args, optimize=False), model_bytes(m),
-                    "as `LLM.load(dir)` gives it"))
+                    "as `acik.load(dir)` gives it"))
     if not args.no_hf:
         for dtype in (torch.float32, torch.bfloat16):
             entries.append((f"transformers {str(dtype)[6:]}", hf_runner(base, cfg, dtype, prompt, args),

@@ -29,7 +29,7 @@ def describe(reference: str | Path) -> str:
 
         lines = [f"file:          {ref.path}"] + list(describe_gguf(ref.path))
         return "\n".join(lines)
-    text = describe_directory(ref.base if ref.kind == "adapter" else ref.path)
+    text = describe_directory(ref.model.path)
     if ref.kind == "adapter":
         text = f"adapter:       {ref.path} (LoRA, on the base model below)\n" + text
     return text

@@ -248,7 +248,12 @@ def available() -> list[tuple[str, ModelRef | None, str]]:
             rows.append((name, None, f"built-in, not installed: {sys.executable} -m {b.install}"))
     root = models_dir()
     if root.is_dir():
-        candidates = sorted({p.parent for p in root.rglob("config.json")} | set(root.rglob("*.gguf")))
+        candidates = set()
+        for folder, _, names in os.walk(root, followlinks=True):  # pulled models may be links to elsewhere
+            if "config.json" in names:
+                candidates.add(Path(folder))
+            candidates.update(Path(folder) / n for n in names if n.endswith(".gguf"))
+        candidates = sorted(candidates)
         for path in candidates:
             ref = _from_path(path)
             if ref is not None:
