@@ -102,6 +102,7 @@ def gsm8k_check(a: argparse.Namespace) -> dict:
     """LoRA on gsm8k/train.jsonl: validation loss on gsm8k/test.jsonl before and after."""
     import torch
 
+    import acik
     from acik.train import sft
     from acik.train.finetune import finetune
 
