@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         if e.announce:  # under torchrun, rank 0 speaks for all processes
-            print(f"acik {args.command}: {e}; to continue, run the same command with --resume auto",
-                  file=sys.stderr)
+            # quickstart has no --resume: it always continues from its own checkpoints
+            how = "with --resume auto" if hasattr(args, "resume") else "again"
+            print(f"acik {args.command}: {e}; to continue, run the same command {how}", file=sys.stderr)
         return e.exit_code
     except (ValueError, OSError, KeyError, RuntimeError) as e:
         if os.environ.get("ACIK_DEBUG"):

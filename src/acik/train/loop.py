@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acik import fmt
 from acik.kernels import cpu_training
 from acik.train import checkpoint as ckpt
 from acik.train.distributed import Dist, all_reduce_sum, barrier, unwrap, wrap
+from acik.train.interrupt import StopSignals, TrainingInterrupted, stop_agreed
 from acik.train.optim import build_optimizers, set_lr
 from acik.train.report import Metrics, flops_per_token, peak_flops, write_report
 from acik.train.schedule import lr_factor
@@ -203,6 +205,8 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
     resume_from = None
     if resume == "auto":
         resume_from = ckpt.latest_valid(ckpt_dir)
+        if resume_from is None and d.is_main:
+            print("no checkpoint found, starting from step 0", file=sys.stderr)
     elif resume:
         resume_from = Path(resume)
         problem = ckpt.check(resume_from)
@@ -212,7 +216,7 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
         state = ckpt.load(resume_from, model, optimizers)
         step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
         if d.is_main:
-            print(f"resumed from {resume_from} (step {step}, {tokens_seen:,} tokens)", file=sys.stderr)
+            print(f"resuming from step {step} ({resume_from})", file=sys.stderr)
     if s.compile and d.device.type == "cpu":
         cpu_training.library()  # build the CPU kernels before tracing, not inside it
     forward_model = torch.compile(model) if s.compile else model
@@ -229,12 +233,16 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
 
         bar = tqdm(total=s.max_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
 
+    last_saved = step if resume_from is not None else None
+
     def save_checkpoint(at: int) -> None:
+        nonlocal last_saved
         model_sd, optim_sds = ckpt.gather(model, optimizers)
         if d.is_main:
             ckpt.save(ckpt_dir, at, model_sd, optim_sds, {"tokens_seen": tokens_seen, "world_size": d.world_size},
                       s.keep_checkpoints)
         barrier(d)
+        last_saved = at
 
     def do_export(at: int, name: str) -> None:
         if export is None:
@@ -249,59 +257,69 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
     last_loss = None
     last_val = None
     model.train()
-    while step < s.max_steps:
-        lr = set_lr(optimizers, lr_factor(step, s.max_steps, s.warmup_steps, s.schedule, s.min_lr_ratio,
-                                          s.decay_fraction))
-        micro = [_to(b, d.device) for b in batches(step)]
-        counts = torch.tensor([sum(int((b["targets"] != IGNORE).sum()) for b in micro),
-                               sum(b["input_ids"].numel() for b in micro)], dtype=torch.float64)
-        n_targets, n_inputs = all_reduce_sum(counts, d).tolist()
-        # On the model's device: a CPU accumulator cannot take a GPU loss in place.
-        step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
-        for i, b in enumerate(micro):
-            with _no_sync(model, i == len(micro) - 1), _autocast(s, d.device):
-                loss_sum, extra = loss_fn(forward_model, b)
-                # DDP/FSDP average gradients over processes, hence the world_size factor: the result
-                # is the gradient of (all tokens' loss) / (all target tokens).
-                loss = loss_sum * (d.world_size / max(n_targets, 1)) + extra / len(micro)
-                loss.backward()
-            step_loss += loss_sum.detach().double()
-        if s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += int(n_inputs)
-        window_tokens += int(n_inputs)
+    # Ctrl-C / SIGTERM: finish the step, agree on it across processes, checkpoint, then stop.
+    with StopSignals(announce=d.is_main) as stop:
+        while step < s.max_steps:
+            lr = set_lr(optimizers, lr_factor(step, s.max_steps, s.warmup_steps, s.schedule, s.min_lr_ratio,
+                                              s.decay_fraction))
+            micro = [_to(b, d.device) for b in batches(step)]
+            counts = torch.tensor([sum(int((b["targets"] != IGNORE).sum()) for b in micro),
+                                   sum(b["input_ids"].numel() for b in micro)], dtype=torch.float64)
+            n_targets, n_inputs = all_reduce_sum(counts, d).tolist()
+            # On the model's device: a CPU accumulator cannot take a GPU loss in place.
+            step_loss = torch.zeros((), dtype=torch.float64, device=d.device)
+            for i, b in enumerate(micro):
+                with _no_sync(model, i == len(micro) - 1), _autocast(s, d.device):
+                    loss_sum, extra = loss_fn(forward_model, b)
+                    # DDP/FSDP average gradients over processes, hence the world_size factor: the result
+                    # is the gradient of (all tokens' loss) / (all target tokens).
+                    loss = loss_sum * (d.world_size / max(n_targets, 1)) + extra / len(micro)
+                    loss.backward()
+                step_loss += loss_sum.detach().double()
+            if s.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += int(n_inputs)
+            window_tokens += int(n_inputs)
 
-        if step % s.log_every == 0 or step == s.max_steps or step == 1:
-            last_loss = all_reduce_sum(step_loss, d).item() / max(n_targets, 1)
-            now = time.perf_counter()
-            tps = window_tokens / max(now - window_t, 1e-9)
-            window_t, window_tokens = now, 0
-            if metrics:
-                rec = {"kind": "train", "step": step, "loss": last_loss, "lr": lr, "tokens_seen": tokens_seen,
-                       "tokens_per_s": tps, "wall_s": now - start_wall}
-                if peak and cfg is not None:
-                    rec["mfu"] = tps * flops_per_token(n_params, cfg.num_hidden_layers, micro[0]["input_ids"].shape[1],
-                                                       cfg.hidden_size) / (peak * d.world_size)
-                metrics.log(rec)
+            if step % s.log_every == 0 or step == s.max_steps or step == 1:
+                last_loss = all_reduce_sum(step_loss, d).item() / max(n_targets, 1)
+                now = time.perf_counter()
+                tps = window_tokens / max(now - window_t, 1e-9)
+                window_t, window_tokens = now, 0
+                if metrics:
+                    rec = {"kind": "train", "step": step, "loss": last_loss, "lr": lr, "tokens_seen": tokens_seen,
+                           "tokens_per_s": tps, "wall_s": now - start_wall}
+                    if peak and cfg is not None:
+                        rec["mfu"] = tps * flops_per_token(n_params, cfg.num_hidden_layers,
+                                                           micro[0]["input_ids"].shape[1],
+                                                           cfg.hidden_size) / (peak * d.world_size)
+                    metrics.log(rec)
+                if bar:
+                    bar.set_postfix(loss=fmt.loss(last_loss), lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+            if val_batches is not None and ((s.eval_every and step % s.eval_every == 0) or step == s.max_steps):
+                last_val = evaluate(forward_model, val_batches(), s, d)
+                if metrics:
+                    metrics.log({"kind": "val", "step": step, "val_loss": last_val, "tokens_seen": tokens_seen})
+                if bar:
+                    bar.write(f"step {step}: validation loss {fmt.loss(last_val)}")
+            if (s.checkpoint_every and step % s.checkpoint_every == 0) or step == s.max_steps:
+                save_checkpoint(step)
+            if s.export_every and step % s.export_every == 0 and step != s.max_steps:
+                do_export(step, f"model-step_{step}")
             if bar:
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
-        if val_batches is not None and ((s.eval_every and step % s.eval_every == 0) or step == s.max_steps):
-            last_val = evaluate(forward_model, val_batches(), s, d)
-            if metrics:
-                metrics.log({"kind": "val", "step": step, "val_loss": last_val, "tokens_seen": tokens_seen})
-            if bar:
-                bar.write(f"step {step}: validation loss {last_val:.4f}")
-        if (s.checkpoint_every and step % s.checkpoint_every == 0) or step == s.max_steps:
-            save_checkpoint(step)
-        if s.export_every and step % s.export_every == 0 and step != s.max_steps:
-            do_export(step, f"model-step_{step}")
-        if bar:
-            bar.update(1)
+                bar.update(1)
+            signum = stop_agreed(stop, d)
+            if signum:
+                if bar:
+                    bar.close()
+                if last_saved != step:
+                    save_checkpoint(step)
+                raise TrainingInterrupted(signum, step, ckpt_dir / f"{ckpt.PREFIX}{step:08d}", d.is_main)
     if bar:
         bar.close()
     wall = time.perf_counter() - start_wall
@@ -319,5 +337,6 @@ def train(model: nn.Module, batches: Callable[[int], list[Batch]], settings: Tra
                                "world_size": d.world_size, "device": str(d.device), "final_loss": last_loss,
                                "mfu": sum(mfus) / len(mfus) if mfus else None, **(report_extra or {})})
     if last_loss is not None and not math.isfinite(last_loss):
-        raise RuntimeError(f"training diverged: loss {last_loss} at step {step}; lower lr or raise warmup_steps")
+        raise RuntimeError(f"training diverged: loss {fmt.loss(last_loss)} at step {step}; lower lr or raise "
+                           "warmup_steps")
     return result

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from acik import fmt
 from acik.config import ModelConfig
 from acik.recipe import load_recipe, to_dict
 from acik.train.data import TokenData, load_data, rank_micro_batches, windows
@@ -151,8 +152,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {result.step} steps, {result.tokens_seen:,} tokens in {result.wall_s:.1f} s; "
-              f"final loss {result.final_loss}, validation loss {result.val_loss}; model: {Path(args.out) / 'model'}")
+        print(f"trained {fmt.count(result.step, 'step')}, {fmt.count(result.tokens_seen, 'token')} in "
+              f"{result.wall_s:.1f} s; final loss {fmt.loss(result.final_loss)}, validation loss "
+              f"{fmt.loss(result.val_loss)}; model: {Path(args.out) / 'model'}")
     return 0
 
 
