@@ -15,6 +15,7 @@ from acik.data.licenses import license_terms
 
 FAMILIES = (
     "read",
+    "unwrap",
     "extract",
     "licenses",
     "langid",
@@ -29,9 +30,18 @@ FAMILIES = (
 
 
 def build_card(
-    recipe, tasks: list[dict], task_stats: list[dict], kept_stats: dict, tokens: dict | None
+    recipe,
+    tasks: list[dict],
+    task_stats: list[dict],
+    kept_stats: dict,
+    tokens: dict | None,
+    recipes: dict | None = None,
 ) -> dict:
+    """The card's facts. `recipe` gives the run-wide settings; `recipes` (name -> DataRecipe) every
+    recipe a task used, when files got different ones (default: `recipe` alone, as "custom")."""
+    recipes = recipes or {"custom": recipe}
     dropped: Counter = Counter()
+    bytes_removed: Counter = Counter(kept_stats.get("dedup_bytes", {}))
     quarantined: Counter = Counter()
     lines_removed: Counter = Counter()
     pii_counts: Counter = Counter()
@@ -42,6 +52,7 @@ def build_card(
         quarantined.update(s["quarantined"])
         lines_removed.update(s["lines_removed"])
         pii_counts.update(s["pii"])
+        bytes_removed.update(s.get("bytes_removed", {}))
         for rule, ex in s["examples"].items():
             room = recipe.examples_per_rule - len(examples.setdefault(rule, []))
             examples[rule].extend(ex[: max(room, 0)])
@@ -54,8 +65,10 @@ def build_card(
                 "documents_kept": 0,
                 "bytes_kept": 0,
                 "licenses": Counter(),
+                "recipes": Counter(),  # recipe name -> documents in that got it
             },
         )
+        src["recipes"][s.get("recipe", "custom")] += s["records_in"]
         src["documents_in"] += s["records_in"]
         src["bytes_in"] += s["bytes_in"]
     dd = kept_stats["dedup"]
@@ -80,6 +93,7 @@ def build_card(
         languages[k["language"]] += 1
     for src in sources.values():
         src["licenses"] = dict(sorted(src["licenses"].items()))
+        src["recipes"] = dict(sorted(src["recipes"].items()))
     recipe_dict = dataclasses.asdict(recipe)
     rules = {}
     for fam in FAMILIES:
@@ -105,6 +119,13 @@ def build_card(
             "attribution": sorted(k for k, v in licenses.items() if v["attribution"]),
         },
         "rules": rules,
+        # Each recipe used, with its per-document settings; `rules` above holds the first one's.
+        "recipes": {
+            name: {fam: dataclasses.asdict(r)[fam] for fam in FAMILIES if fam != "dedup"}
+            for name, r in recipes.items()
+            if any(name in s["recipes"] for s in sources.values())
+        },
+        "bytes_removed": dict(sorted(bytes_removed.items())),
         "lines_removed": dict(sorted(lines_removed.items())),
         "pii": dict(sorted(pii_counts.items())),
         "dedup": dd,
@@ -122,16 +143,25 @@ def build_card(
 
 
 def summary(card: dict) -> dict:
+    from acik.data.docs import low_yield
+
     tok = card.get("tokens") or {}
     splits = tok.get("splits", {})
+    recipes: Counter = Counter()
+    for s in card["sources"]:
+        recipes.update(s.get("recipes", {}))
     return {
         "documents_in": card["documents_in"],
         "documents_kept": card["documents_kept"],
         "documents_dropped": sum(card["documents_dropped"].values()),
         "documents_quarantined": card["documents_quarantined"],
+        "bytes_in": card["bytes_in"],
+        "bytes_kept": card["bytes_kept"],
+        "recipes": dict(sorted(recipes.items())),
         "tokens_train": splits.get("train", {}).get("tokens", 0),
         "tokens_val": splits.get("val", {}).get("tokens", 0),
         "tokenizer_identity": tok.get("tokenizer_identity"),
+        "low_yield": low_yield(card),
     }
 
 
@@ -226,10 +256,11 @@ def render_markdown(card: dict, name: str = "dataset") -> str:
         "### Sources",
         "",
         _table(
-            ["source", "licenses (kept docs)", "docs in", "docs kept", "bytes in", "bytes kept"],
+            ["source", "recipe", "licenses (kept docs)", "docs in", "docs kept", "bytes in", "bytes kept"],
             [
                 [
                     s["source"],
+                    ", ".join(f"{k} ({v})" for k, v in s.get("recipes", {}).items()) or "-",
                     ", ".join(f"{k}: {v}" for k, v in s["licenses"].items()) or "-",
                     s["documents_in"],
                     s["documents_kept"],
@@ -317,6 +348,26 @@ def render_markdown(card: dict, name: str = "dataset") -> str:
         "steps run; a document is counted under the first rule that removed it).",
         "",
     ]
+    names = list(card.get("recipes", {}))
+    if len(names) > 1:
+        out += [
+            f"Settings below are the `{names[0]}` recipe's; documents of sources marked otherwise above "
+            "got these instead:",
+            "",
+        ]
+        first = card["recipes"][names[0]]
+        for name in names[1:]:
+            diff = [
+                f"{fam}.{k}={json.dumps(v)}"
+                for fam, settings in card["recipes"][name].items()
+                for k, v in settings.items()
+                if first.get(fam, {}).get(k) != v and k != "inputs"
+            ]
+            out += [f"- `{name}`: " + (", ".join(diff) or "the same settings"), ""]
+    if card.get("summary", {}).get("low_yield"):
+        from acik.data.docs import hint_text
+
+        out += ["**Most of the input was removed:**", "", "```", hint_text(card["summary"]["low_yield"]), "```", ""]
     for fam, info in card["rules"].items():
         settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in info["settings"].items())
         out += [f"### {fam}", "", f"Settings: {settings}", ""]

@@ -8,6 +8,7 @@ import sys
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from acik.data.docs import summary_text
     from acik.data.runner import run
 
     inputs = [p for group in (args.input or []) for p in group]
@@ -23,6 +24,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         command=["acik", *sys.argv[1:]],
     )
     print(json.dumps(summary, indent=2))
+    # The JSON above is for scripts; this is for the person at the terminal.
+    print(summary_text(summary), file=sys.stderr)
+    if not summary["documents_kept"]:
+        print(f"error: no document was kept; {args.out}/DATA_CARD.md says which rules removed them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -34,9 +40,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from acik.data.docs import summary_text
     from acik.data.runner import retokenize
 
-    print(json.dumps(retokenize(args.dir, args.tokenizer, command=["acik", *sys.argv[1:]]), indent=2))
+    summary = retokenize(args.dir, args.tokenizer, command=["acik", *sys.argv[1:]], overrides=args.set)
+    print(json.dumps(summary, indent=2))
+    print(summary_text({**summary, "out": args.dir, "low_yield": None}), file=sys.stderr)
     return 0
 
 
@@ -57,7 +66,11 @@ def add_cli(subparsers) -> None:
         "for the local Python environment's documentation",
     )
     p.add_argument("--out", "-o", required=True, help="data directory to write")
-    p.add_argument("--recipe", help="YAML recipe (default: the packaged data_default.yaml)")
+    p.add_argument(
+        "--recipe",
+        help="docs, web, or a YAML recipe, for every input (default: each file by its kind: text, markdown, "
+        "reST and HTML files get the built-in docs recipe, WARC/ARC, JSONL and Parquet the web recipe)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -77,6 +90,13 @@ def add_cli(subparsers) -> None:
     p = sub.add_parser(
         "tokenize", help="re-tokenize a data directory's kept documents with another tokenizer"
     )
-    p.add_argument("dir")
+    p.add_argument("dir", help="data directory written by `acik data run`")
     p.add_argument("--tokenizer", help="tokenizer directory (default: acik's byte-level tokenizer)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a tokenize setting of the run's recipe, e.g. --set tokenize.val_fraction=0.1 (keys: "
+        "tokenize.*, seed)",
+    )
     p.set_defaults(func=_cmd_tokenize)

@@ -187,41 +187,53 @@ def gopher_quality(text: str, cfg) -> str | None:
     return None
 
 
-def c4(text: str, cfg, lines_removed: Counter) -> tuple[str | None, str]:
-    """C4's line filters (which edit the text) and document filters. Returns (rule or None, text)."""
+def c4(
+    text: str, cfg, lines_removed: Counter, bytes_removed: Counter | None = None
+) -> tuple[str | None, str]:
+    """C4's line filters (which edit the text) and document filters. Returns (rule or None, text).
+    Each removed line is counted in `lines_removed`, and its UTF-8 bytes in `bytes_removed`."""
     kept = []
     sentences = 0
+    removed: list[tuple[str, str]] = []
+
+    def remove(rule: str, line: str) -> None:
+        lines_removed[rule] += 1
+        removed.append((rule, line))
+
     for line in text.splitlines():
         line = line.strip()
         words = line.split()
         if cfg.max_word_length > 0 and any(len(w) > cfg.max_word_length for w in words):
-            lines_removed["c4.max_word_length"] += 1
+            remove("c4.max_word_length", line)
             continue
         if cfg.remove_citations:
             line = CITATION.sub("", line)
         if cfg.drop_lines_without_terminal_punct and (
             not line.endswith(C4_END_PUNCT) or line.endswith(ELLIPSIS)
         ):
-            lines_removed["c4.no_terminal_punct"] += 1
+            remove("c4.no_terminal_punct", line)
             continue
         if len(words) < cfg.min_words_per_line:
-            lines_removed["c4.min_words_per_line"] += 1
+            remove("c4.min_words_per_line", line)
             continue
         low = line.lower()
         if cfg.lorem_ipsum and "lorem ipsum" in low:
             return "c4.lorem_ipsum", text
         if cfg.drop_javascript_lines and "javascript" in low:
-            lines_removed["c4.javascript"] += 1
+            remove("c4.javascript", line)
             continue
         if cfg.curly_bracket and "{" in line:
             return "c4.curly_bracket", text
         if cfg.drop_policy_lines and any(p in low for p in POLICY_SUBSTRINGS):
-            lines_removed["c4.policy"] += 1
+            remove("c4.policy", line)
             continue
         sentences += max(1, len(SENTENCE_END.findall(line)))
         kept.append(line)
     if sentences < cfg.min_sentences:
         return "c4.min_sentences", text
+    if bytes_removed is not None:  # only for a kept document: a dropped one's bytes count under its rule
+        for rule, line in removed:
+            bytes_removed[rule] += len(line.encode("utf-8")) + 1
     return None, "\n".join(kept).strip()
 
 

@@ -53,6 +53,17 @@ class ReadConfig:
 
 
 @dataclass
+class UnwrapConfig:
+    """Join hard-wrapped lines of plain-text and markdown/reST files into one line per paragraph.
+
+    Code blocks (fenced, indented, reST literal blocks), tables, headings and list items keep their
+    lines. Off for web text (extraction already gives one paragraph per line); on in the docs recipe.
+    """
+
+    enabled: bool = False
+
+
+@dataclass
 class ExtractConfig:
     enabled: bool = True
     include_tables: bool = True
@@ -205,6 +216,7 @@ class DataRecipe:
     inputs: list[str] = field(default_factory=list)
     python_env: PythonEnvSource = field(default_factory=PythonEnvSource)
     read: ReadConfig = field(default_factory=ReadConfig)
+    unwrap: UnwrapConfig = field(default_factory=UnwrapConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     gopher_repetition: GopherRepetition = field(default_factory=GopherRepetition)
@@ -223,6 +235,7 @@ class DataRecipe:
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "data_default.yaml"
+DOCS_RECIPE = DEFAULT_RECIPE.with_name("data_docs.yaml")
 
 
 def load_data_recipe(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from acik.data import decontam, dedup, filters, langid, pii
+from acik.data import decontam, dedup, docs, filters, langid, pii
 from acik.data.extract import html_to_text
 from acik.data.licenses import allowed, normalize_license
 from acik.data.recipe import DataRecipe, PIIConfig, load_data_recipe
@@ -99,12 +99,15 @@ def process_record(rec: dict, recipe: DataRecipe, ctx: dict) -> tuple[str, dict]
         text = rec["text"]
         if not text.strip():
             return "quarantined", _ledger_row(rec, "quarantined", error="no text (empty)")
+        if recipe.unwrap.enabled:
+            text = docs.unwrap(text)
     if len(text) > recipe.read.max_doc_chars:
         return "dropped", _ledger_row(rec, "dropped", rule="read.max_doc_chars", text=text)
     license = normalize_license(rec.get("license"))
     if recipe.licenses.enabled and not allowed(license, recipe.licenses.allow):
         return "dropped", _ledger_row(rec, "dropped", rule="licenses.not_allowed", license=license, text=text)
     lang, lang_score = "und", 0.0
+    line_bytes: Counter = Counter()  # bytes cut by line rules: counted only if the document is kept
     if recipe.langid.enabled:
         rule, lang, lang_score = langid.check(text, recipe.langid)
         if rule:
@@ -117,7 +120,7 @@ def process_record(rec: dict, recipe: DataRecipe, ctx: dict) -> tuple[str, dict]
         if cfg.enabled and (rule := check(text, cfg)):
             return "dropped", _ledger_row(rec, "dropped", rule=rule, text=text)
     if recipe.c4.enabled:
-        rule, text = filters.c4(text, recipe.c4, ctx["lines_removed"])
+        rule, text = filters.c4(text, recipe.c4, ctx["lines_removed"], line_bytes)
         if rule:
             return "dropped", _ledger_row(rec, "dropped", rule=rule, text=text)
     if recipe.fineweb.enabled and (rule := filters.fineweb(text, recipe.fineweb)):
@@ -130,6 +133,7 @@ def process_record(rec: dict, recipe: DataRecipe, ctx: dict) -> tuple[str, dict]
         text, ctx["eval_index"], recipe.decontamination.ngram
     ):
         return "dropped", _ledger_row(rec, "dropped", rule="decontamination.eval_ngram", text=text)
+    ctx["line_bytes"].update(line_bytes)
     doc = {
         "id": rec["id"],
         "text": text,
@@ -154,6 +158,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
     eval_path = work / "decontam.npy"
     ctx = {
         "lines_removed": Counter(),
+        "line_bytes": Counter(),
         "pii": Counter(),
         "eval_index": np.load(eval_path) if eval_path.exists() else np.zeros(0, np.uint64),
     }
@@ -165,11 +170,13 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
         "task_id": tid,
         "source": task["source"],
         "license": task["license"],
+        "recipe": task.get("recipe", "custom"),
         "records_in": 0,
         "bytes_in": 0,
         "kept": 0,
         "dropped": Counter(),
         "quarantined": Counter(),
+        "bytes_removed": Counter(),  # rule -> input bytes of the documents it dropped, or of the lines it cut
         "examples": {},
     }
     signatures, hashes = [], []
@@ -197,6 +204,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
         stats["dropped" if outcome == "dropped" else "quarantined"][key] += 1
         ledger.write(row)
         if outcome == "dropped":
+            stats["bytes_removed"][key] += row["bytes"]
             examples = stats["examples"].setdefault(key, [])
             if text and len(examples) < recipe.examples_per_rule:
                 examples.append(_example(text, recipe))
@@ -213,6 +221,7 @@ def run_task(task: dict, recipe_dict: dict, work_dir: str) -> dict:
     os.replace(tdir / f"{tid}.sig.npy.tmp", tdir / f"{tid}.sig.npy")
     _write_atomic(tdir / f"{tid}.hashes.json", json.dumps(hashes).encode())
     stats["lines_removed"] = dict(sorted(ctx["lines_removed"].items()))
+    stats["bytes_removed"] = dict(sorted((stats["bytes_removed"] + ctx["line_bytes"]).items()))
     stats["pii"] = dict(sorted(ctx["pii"].items()))
     stats["dropped"] = dict(sorted(stats["dropped"].items()))
     stats["quarantined"] = dict(sorted(stats["quarantined"].items()))
@@ -252,15 +261,17 @@ def check_conservation(card: dict) -> None:
 # --- executors ----------------------------------------------------------------------------------
 
 
-def _execute(pending: list[dict], recipe_dict: dict, work: Path, executor: str, workers: int) -> None:
+def _execute(pending: list[dict], recipe_dicts: dict[str, dict], work: Path, executor: str, workers: int) -> None:
+    """Run each pending task with the recipe it names (`task["recipe"]`, a key of `recipe_dicts`)."""
     if not pending:
         return
+    jobs = [(t, recipe_dicts[t["recipe"]]) for t in pending]
     if executor == "ray":
-        _execute_ray(pending, recipe_dict, work, workers)
+        _execute_ray(jobs, work, workers)
     elif executor != "local":
         raise ValueError(f"executor {executor!r}: expected 'local' or 'ray'")
     elif workers <= 1 or len(pending) == 1:
-        for task in pending:
+        for task, recipe_dict in jobs:
             run_task(task, recipe_dict, str(work))
     else:
         import multiprocessing
@@ -269,12 +280,12 @@ def _execute(pending: list[dict], recipe_dict: dict, work: Path, executor: str, 
         # spawn, not fork: the parent may hold threads (tokenizers, torch) that fork would copy mid-state.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx) as pool:
-            futures = [pool.submit(run_task, t, recipe_dict, str(work)) for t in pending]
+            futures = [pool.submit(run_task, t, r, str(work)) for t, r in jobs]
             for f in futures:
                 f.result()
 
 
-def _execute_ray(pending: list[dict], recipe_dict: dict, work: Path, workers: int) -> None:
+def _execute_ray(jobs: list[tuple[dict, dict]], work: Path, workers: int) -> None:
     try:
         import ray
     except ImportError:
@@ -291,7 +302,7 @@ def _execute_ray(pending: list[dict], recipe_dict: dict, work: Path, workers: in
         started = True
     try:
         remote = ray.remote(run_task)
-        ray.get([remote.remote(t, recipe_dict, str(work)) for t in pending])
+        ray.get([remote.remote(t, r, str(work)) for t, r in jobs])
     finally:
         if started:
             ray.shutdown()
@@ -300,22 +311,22 @@ def _execute_ray(pending: list[dict], recipe_dict: dict, work: Path, workers: in
 # --- the whole run ------------------------------------------------------------------------------
 
 
-def _fingerprint(tasks: list[dict], recipe_dict: dict) -> str:
-    """What earlier task results depend on: plan, recipe, and the input and eval files' sizes and times."""
+def _fingerprint(tasks: list[dict], recipe_dicts: dict[str, dict]) -> str:
+    """What earlier task results depend on: plan, recipes, and the input and eval files' sizes and times."""
     from acik.manifest import canonical_json_hash
 
     paths = [f for t in tasks if t["kind"] == "files" for f in t["files"]]
-    paths += list(recipe_dict["decontamination"]["eval_sets"])
+    paths += sorted({e for r in recipe_dicts.values() for e in r["decontamination"]["eval_sets"]})
     files = []
     for f in paths:
         st = Path(f).stat() if Path(f).exists() else None
         files.append([f, st.st_size if st else None, st.st_mtime_ns if st else None])
-    return canonical_json_hash({"tasks": tasks, "recipe": recipe_dict, "files": files})
+    return canonical_json_hash({"tasks": tasks, "recipe": recipe_dicts, "files": files})
 
 
-def _prepare_work(out: Path, tasks: list[dict], recipe: DataRecipe, recipe_dict: dict) -> Path:
+def _prepare_work(out: Path, tasks: list[dict], recipe: DataRecipe, recipe_dicts: dict[str, dict]) -> Path:
     work = out / WORK
-    plan = {"fingerprint": _fingerprint(tasks, recipe_dict)}
+    plan = {"fingerprint": _fingerprint(tasks, recipe_dicts)}
     plan_path = work / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         shutil.rmtree(work)  # inputs or recipe changed: earlier task results do not apply
@@ -343,13 +354,16 @@ def run(
 ) -> dict:
     """Run the data stage on `inputs` (paths, or "python-env") into `out_dir`; returns the data card summary.
 
-    `recipe` is None (the packaged default), a YAML path or a DataRecipe; `tokenizer` a tokenizer
-    directory (None: acik's byte-level tokenizer); `executor` "local" (process pool) or "ray".
+    `recipe` is None (each file gets the built-in recipe for its kind: `docs` for loose text, markdown,
+    reST and HTML files, `web` for everything else), "docs" or "web" (that built-in for every input),
+    a YAML path or a DataRecipe (for every input); `tokenizer` a tokenizer directory (None: acik's
+    byte-level tokenizer); `executor` "local" (process pool) or "ray".
     """
     from acik.data.card import build_card, write_card
     from acik.data.sources import plan_tasks
 
-    recipe = load_data_recipe(recipe, overrides)
+    mode, recipes = docs.resolve_recipes(recipe, overrides)
+    recipe = next(iter(recipes.values()))
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
     inputs = inputs or list(recipe.inputs)
     if not inputs:
@@ -357,19 +371,33 @@ def run(
             "no inputs: pass --input PATH (files, folders, or python-env) or list them under "
             "`inputs:` in the recipe"
         )
-    recipe = dataclasses.replace(recipe, inputs=inputs)
-    recipe_dict = dataclasses.asdict(recipe)
+    tasks = plan_tasks(inputs, recipe, license, mode)
+    used = {t["recipe"] for t in tasks}
+    # Run-wide settings (dedup, tokenize, seed) come from the first recipe in use: web's when any
+    # input got it, docs' when every input is a document.
+    recipes = {name: dataclasses.replace(r, inputs=inputs) for name, r in recipes.items() if name in used}
+    recipe = next(iter(recipes.values()))
+    recipe_dicts = {name: dataclasses.asdict(r) for name, r in recipes.items()}
+    recipe_dict = recipe_dicts[next(iter(recipes))]
     workers = workers or min(os.cpu_count() or 1, 8)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = plan_tasks(inputs, recipe, license)
-    work = _prepare_work(out, tasks, recipe, recipe_dict)
+    work = _prepare_work(out, tasks, recipe, recipe_dicts)
     pending = [t for t in tasks if not (work / "tasks" / f"{t['task_id']}.stats.json").exists()]
-    _execute(pending, recipe_dict, work, executor, workers)
+    _execute(pending, recipe_dicts, work, executor, workers)
 
     task_stats = [json.loads((work / "tasks" / f"{t['task_id']}.stats.json").read_text()) for t in tasks]
     for s in task_stats:
         check_task(s)
+    if not any(s["bytes_in"] for s in task_stats):
+        shutil.rmtree(work)
+        if not any(out.iterdir()):
+            out.rmdir()
+        n_files = sum(len(t.get("files", [])) for t in tasks)
+        raise ValueError(
+            f"input {', '.join(inputs)}: no text to read ({n_files} file{'s' * (n_files != 1)}, all empty); "
+            "give files or folders that hold text"
+        )
     kept_stats = _dedup_and_store(out, work, tasks, recipe)
     from acik.data.shards import tokenize_documents
 
@@ -379,14 +407,14 @@ def run(
     else:  # shards from an earlier run into this directory would not match these documents
         for name in ("tokens", "tokenizer"):
             shutil.rmtree(out / name, ignore_errors=True)
-    card = build_card(recipe, tasks, task_stats, kept_stats, tokens)
+    card = build_card(recipe, tasks, task_stats, kept_stats, tokens, recipes)
     check_conservation(card)
     if kept_stats["ledger_rows"] != card["documents_in"]:
         raise ConservationError(
             f"ledger has {kept_stats['ledger_rows']} rows for {card['documents_in']} input documents"
         )
     write_card(out, card)
-    _write_manifest(out, recipe_dict, recipe, card, tokenizer, command)
+    _write_manifest(out, recipe_dict, recipe, card, tokenizer, command, recipe_dicts if len(recipes) > 1 else None)
     shutil.rmtree(work)
     return {**card["summary"], "out": str(out), "tasks": len(tasks), "tasks_run": len(pending)}
 
@@ -428,6 +456,7 @@ def _dedup_and_store(out: Path, work: Path, tasks: list[dict], recipe: DataRecip
     docs_w: _JsonlZst | None = None
     dropped_w = _JsonlZst(out / "dropped" / "part-00000.jsonl.zst") if recipe.write_dropped else None
     dedup_examples: dict[str, list[str]] = {}
+    dedup_bytes: Counter = Counter()
     part = 0
     i = 0
     for t in tasks:
@@ -454,6 +483,7 @@ def _dedup_and_store(out: Path, work: Path, tasks: list[dict], recipe: DataRecip
                     "bytes": doc["bytes"],
                 }
                 ledger.write(row)
+                dedup_bytes[rule] += doc["bytes"]
                 if len(dedup_examples.setdefault(rule, [])) < recipe.examples_per_rule:
                     dedup_examples[rule].append(_example(doc["text"], recipe))
                 if dropped_w is not None:
@@ -501,10 +531,13 @@ def _dedup_and_store(out: Path, work: Path, tasks: list[dict], recipe: DataRecip
             **near_stats,
         },
         "dedup_examples": dedup_examples,
+        "dedup_bytes": dict(dedup_bytes),
     }
 
 
-def _write_manifest(out: Path, recipe_dict: dict, recipe: DataRecipe, card: dict, tokenizer, command) -> None:
+def _write_manifest(
+    out: Path, recipe_dict: dict, recipe: DataRecipe, card: dict, tokenizer, command, recipes: dict | None = None
+) -> None:
     from acik.manifest import read_manifest, write_manifest
 
     parents = []
@@ -523,15 +556,21 @@ def _write_manifest(out: Path, recipe_dict: dict, recipe: DataRecipe, card: dict
     extra = {"data_card": card["summary"], "tokenizer_identity": tok["tokenizer_identity"] if tok else None}
     if card.get("python_env"):
         extra["python_env"] = card["python_env"]
+    if recipes:  # files got different recipes (the card's sources say which); `recipe` holds the first
+        extra["recipes"] = recipes
     write_manifest(
         out, kind="data", command=command, recipe=recipe_dict, seed=recipe.seed, parents=parents, extra=extra
     )
 
 
 def retokenize(
-    data_dir: str | Path, tokenizer: str | Path | None = None, command: str | list | None = None
+    data_dir: str | Path,
+    tokenizer: str | Path | None = None,
+    command: str | list | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
-    """Rewrite DATA_DIR/tokens with another tokenizer; kept documents and the ledger stay as they are."""
+    """Rewrite DATA_DIR/tokens with another tokenizer; kept documents and the ledger stay as they are.
+    `overrides` (`tokenize.*` and `seed` only) change how the tokens are split and sharded."""
     from acik.data.card import read_card, summary, write_card
     from acik.data.shards import tokenize_documents
     from acik.manifest import read_manifest
@@ -539,10 +578,14 @@ def retokenize(
     root = Path(data_dir)
     card = read_card(root)
     manifest = read_manifest(root)
-    recipe = from_dict(DataRecipe, manifest["recipe"])
+    docs.check_tokenize_overrides(overrides)
+    recipe = load_data_recipe(from_dict(DataRecipe, manifest["recipe"]), overrides)
+    recipe_dict = dataclasses.asdict(recipe)
     card["tokens"] = tokenize_documents(root, tokenizer, recipe.tokenize, recipe.seed)
     card["summary"] = summary(card)
     check_conservation(card)
     write_card(root, card)
-    _write_manifest(root, manifest["recipe"], recipe, card, tokenizer, command or manifest.get("command"))
+    _write_manifest(
+        root, recipe_dict, recipe, card, tokenizer, command or manifest.get("command"), manifest.get("recipes")
+    )
     return card["summary"]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import xxhash
 
+from acik.data.docs import recipe_for_kind
 from acik.data.pyenv import PYENV_INPUT, plan_pyenv_tasks, read_pyenv_task
 from acik.data.recipe import DataRecipe
 
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".mdx", ".rst"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 WARC_SUFFIXES = {".warc", ".arc"}
@@ -66,13 +67,17 @@ def open_bytes(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def plan_tasks(inputs: list[str], recipe: DataRecipe, license: str | None = None) -> list[dict]:
-    """Split inputs into independent tasks, in a deterministic order."""
+def plan_tasks(
+    inputs: list[str], recipe: DataRecipe, license: str | None = None, mode: str = "auto"
+) -> list[dict]:
+    """Split inputs into independent tasks, in a deterministic order. Each task names the recipe its
+    files get (`docs.recipe_for_kind`): in mode "auto" a folder's documents and data sets go to
+    different tasks, in input order."""
     tasks: list[dict] = []
     default_license = license or recipe.read.default_license
     for spec in inputs:
         if spec == PYENV_INPUT and not Path(spec).exists():
-            tasks.extend(plan_pyenv_tasks(recipe.python_env))
+            tasks.extend({**t, "recipe": recipe_for_kind(None, mode)} for t in plan_pyenv_tasks(recipe.python_env))
             continue
         root = Path(spec)
         if not root.exists():
@@ -94,14 +99,20 @@ def plan_tasks(inputs: list[str], recipe: DataRecipe, license: str | None = None
                 )
         group: list[str] = []
         size = 0
+        name = ""
         for f in files:
+            this = recipe_for_kind(file_kind(f) or "text", mode)
+            if group and this != name:
+                tasks.append(_file_task(spec, group, default_license, name))
+                group, size = [], 0
+            name = this
             group.append(str(f))
             size += f.stat().st_size
             if len(group) >= FILES_PER_TASK or size >= BYTES_PER_TASK:
-                tasks.append(_file_task(spec, group, default_license))
+                tasks.append(_file_task(spec, group, default_license, name))
                 group, size = [], 0
         if group:
-            tasks.append(_file_task(spec, group, default_license))
+            tasks.append(_file_task(spec, group, default_license, name))
     seen = set()
     for t in tasks:
         if t["task_id"] in seen:
@@ -110,9 +121,16 @@ def plan_tasks(inputs: list[str], recipe: DataRecipe, license: str | None = None
     return tasks
 
 
-def _file_task(source: str, files: list[str], license: str) -> dict:
+def _file_task(source: str, files: list[str], license: str, recipe: str) -> dict:
     task_id = "f-" + xxhash.xxh3_64_hexdigest("\n".join(files).encode())
-    return {"task_id": task_id, "kind": "files", "source": source, "files": files, "license": license}
+    return {
+        "task_id": task_id,
+        "kind": "files",
+        "source": source,
+        "files": files,
+        "license": license,
+        "recipe": recipe,
+    }
 
 
 def read_task(task: dict, recipe: DataRecipe) -> Iterator[dict]:
