@@ -673,7 +673,7 @@ def test_group_size_must_divide_in_features():
     with pytest.raises(QuantizationError, match="group size 48 not supported"):
         quantize_model(model, "int4", 48, skip=[])
     with pytest.raises(QuantizationError, match="one scale per output channel"):
-        quantize_model(model, "int8", 64, skip=[])
+        quantize_model(model, "w8a8", 64, skip=[])  # int8 takes blocks (tests/test_quant_int8_blocks.py)
     with pytest.raises(QuantizationError, match="fixes its group size at 32"):
         quantize_model(model, "mxfp4", 64, skip=[])
 

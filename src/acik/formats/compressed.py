@@ -70,6 +70,8 @@ def _ct_config(method: str, group_size: int | None, ignore: list[str], head: str
                    "dynamic": False, "observer": "minmax"}
     else:
         weights = dict(_INT8_WEIGHTS)
+        if group_size:  # int8 in blocks (GGUF Q8_0 at 32): compressed-tensors' group strategy, symmetric
+            weights.update(strategy="group", group_size=group_size)
     activations = None
     if method == "w8a8":
         activations = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "group_size": None,
@@ -107,7 +109,7 @@ def saved_tensors(name: str, layer: QuantLinear, packed: bool = False) -> dict[s
                "weight_scale": layer.weight_scale.float()[:, None],
                "weight_shape": torch.tensor([layer.out_features, layer.in_features])}
     elif isinstance(layer, Int8Linear):
-        out = {"weight": layer.weight, "weight_scale": layer.weight_scale.float()[:, None]}
+        out = {"weight": layer.weight, "weight_scale": layer.weight_scale.reshape(layer.out_features, -1)}
     elif isinstance(layer, Int4Linear) and layer.method == "int4":
         out = {"weight_packed": pack_int32(layer.weight_packed), "weight_scale": layer.weight_scale,
                "weight_zero_point": _pack_rows(layer.weight_zero.to(torch.uint8)),
@@ -124,7 +126,8 @@ def buffers_from_saved(layer: QuantLinear, saved: dict[str, torch.Tensor]) -> di
     if isinstance(layer, Int8Linear):
         weight = saved["weight"] if "weight" in saved else \
             (saved["weight_packed"].contiguous().view(torch.uint8).to(torch.int16) - 128).to(torch.int8)
-        return {"weight": weight, "weight_scale": saved["weight_scale"].float().reshape(-1)}
+        scale = layer.weight_scale  # [out] fp32 per channel, [out, in / group] fp16 in blocks
+        return {"weight": weight, "weight_scale": saved["weight_scale"].to(scale.dtype).reshape(scale.shape)}
     if isinstance(layer, Int4Linear) and layer.method == "int4":
         if saved["weight_packed"].dtype != torch.int32:
             raise QuantizationError(f"weight_packed is {saved['weight_packed'].dtype}; pack-quantized stores int32")
@@ -218,7 +221,7 @@ def _method_of(qc: dict, where: str) -> tuple[str, int | None, list[str], str | 
 def _skeleton(linear: nn.Linear, method: str, group_size: int | None) -> QuantLinear:
     n_in, n_out, bias = linear.in_features, linear.out_features, linear.bias is not None
     if method in ("int8", "w8a8"):
-        return Int8Linear(n_in, n_out, bias, activations=method == "w8a8", device="meta")
+        return Int8Linear(n_in, n_out, bias, activations=method == "w8a8", device="meta", group_size=group_size)
     if method in ("int4", "int4-hqq"):
         return Int4Linear(n_in, n_out, bias, group_size, hqq=method == "int4-hqq", device="meta")
     if method == "nf4":
