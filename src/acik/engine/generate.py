@@ -107,7 +107,7 @@ def chat_ids(llm, messages: list[dict], truncation: str | None, max_new_tokens: 
 def chat(llm, messages: list[dict], stream: bool = False, truncation: str | None = None, **sampling: Any):
     """See `LLM.chat`."""
     tok = llm.tokenizer
-    if sampling.get("truncate") and truncation is None:  # the engine keeps the prompt's last tokens (system prompt included or not)
+    if sampling.get("truncate") and truncation is None:  # the engine keeps the prompt's last tokens, whatever they are
         ids = chat_prompt_ids(llm, messages)
     else:
         ids = chat_ids(llm, messages, truncation, sampling.get("max_new_tokens", Request.max_new_tokens))

@@ -69,6 +69,9 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    # As OpenAI's Responses API spells it: "auto" drops the oldest turns that do not fit the context (the
+    # system prompt stays); "disabled" (the default) answers a prompt too long with context_length_exceeded.
+    truncation: Literal["auto", "disabled"] | None = None
 
 
 Prompt = StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
