@@ -618,10 +618,15 @@ def _clean_up_tokenization(text: str) -> str:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load the tokenizer of a model or tokenizer directory (`tokenizer.json` + `tokenizer_config.json`)."""
+    """Load the tokenizer of a model or tokenizer directory (`tokenizer.json` + `tokenizer_config.json`)
+    or of a `.gguf` file (its `tokenizer.*` metadata; see `acik.formats.gguf_tokenizer`)."""
     from tokenizers import Tokenizer as Backend
 
     root = Path(path)
+    if root.suffix.lower() == ".gguf" and not root.is_dir():
+        from acik.formats.gguf_tokenizer import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(root)
     if not root.is_dir():
         raise TokenizerError(f"{root}: no such directory.")
     tok_path = root / "tokenizer.json"
