@@ -32,41 +32,56 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse measures sub-command names without their 2-column indent, so the longest ones
+    ("quickstart") push their help onto the next line; count the indent."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction) and action.help is not argparse.SUPPRESS:
+            longest = max((len(name) for name in action.choices), default=0)
+            self._action_max_length = max(self._action_max_length, longest + self._current_indent + 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from acik.version import __version__
 
-    parser = argparse.ArgumentParser(prog="acik", description="A fully open LLM stack.")
+    parser = argparse.ArgumentParser(prog="acik", description="A fully open LLM stack.", formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"acik {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # argparse lists commands in the order they are added: the pipeline's order, then the tools.
+    for module in _STAGE_MODULES:
+        add_cli = _add_tools if module == "acik.cli" else __import__(module, fromlist=["add_cli"]).add_cli
+        add_cli(sub)
+    return parser
 
+
+def _add_tools(sub) -> None:
     p = sub.add_parser("info", help="describe a model: its family, size, layers and how its weights are stored")
     p.add_argument("dir", metavar="MODEL", help="a model directory, .gguf file, LoRA adapter or built-in name")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("verify", help="check a directory against its acik.json manifest")
-    p.add_argument("dirs", nargs="+")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="directories acik wrote (each holds an acik.json)")
     p.set_defaults(func=_cmd_verify)
 
-    # Stage commands: one line per stage module.
-    for module in _STAGE_MODULES:
-        __import__(module, fromlist=["add_cli"]).add_cli(sub)
-    return parser
 
-
-# Modules that define `add_cli(subparsers)`.
+# Modules that define `add_cli(subparsers)`, in the order `acik --help` lists their commands: the
+# whole pipeline in one command, then each stage in pipeline order, then tools ("acik.cli": info, verify).
 _STAGE_MODULES: list[str] = [
-    "acik.quickstart",
-    "acik.eval.harness",
-    "acik.reproduce",
-    "acik.tokenizer",
-    "acik.moe_tools",
-    "acik.data.cli",
-    "acik.engine.generate",
-    "acik.serve",
-    "acik.train.pretrain",
-    "acik.train.finetune",
-    "acik.quant.cli",
-    "acik.models",
+    "acik.quickstart",  # quickstart
+    "acik.data.cli",  # data
+    "acik.tokenizer",  # tokenizer
+    "acik.train.pretrain",  # train
+    "acik.train.finetune",  # finetune, lora
+    "acik.quant.cli",  # quantize
+    "acik.eval.harness",  # eval
+    "acik.engine.generate",  # generate, chat
+    "acik.serve",  # serve
+    "acik.cli",  # info, verify
+    "acik.models",  # models, pull
+    "acik.reproduce",  # reproduce
+    "acik.moe_tools",  # moe-shrink
 ]
 
 

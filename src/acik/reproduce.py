@@ -126,7 +126,7 @@ def _cmd_reproduce(args) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("reproduce", help="rerun what made a directory and check the result is bit-identical")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a directory acik wrote (its acik.json records the command that made it)")
     p.add_argument("--out", help="where to write the rebuild (default: DIR.reproduced)")
     p.add_argument("--all", action="store_true", help="rebuild the whole chain from the first recorded input")
     p.set_defaults(func=_cmd_reproduce)

@@ -78,7 +78,8 @@ def add_cli(subparsers) -> None:
         help="override a recipe value, e.g. --set langid.keep=null --set c4.enabled=false",
     )
     p.add_argument("--tokenizer", help="tokenizer directory (default: acik's byte-level tokenizer)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: processes on this machine; ray: tasks on a Ray cluster (default local)")
     p.add_argument("--workers", type=int, help="parallel tasks (default: CPU count, at most 8)")
     p.add_argument(
         "--license",

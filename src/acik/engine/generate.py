@@ -176,15 +176,20 @@ class GenerateRecipe:
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="YAML recipe with sampling settings (keys: the flags below)")
     p.add_argument("--set", action="append", help="override a recipe key: key=value")
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most (default 256)")
     p.add_argument("--temperature", type=float, help="0 is greedy (default 0.8)")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--frequency-penalty", type=float)
-    p.add_argument("--presence-penalty", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--top-p", type=float, help="sample from the most likely tokens whose probabilities add up to P "
+                   "(default 0.95; 1 is off)")
+    p.add_argument("--top-k", type=int, help="sample from the K most likely tokens (default 0: off)")
+    p.add_argument("--min-p", type=float, help="drop tokens under P times the most likely one's probability "
+                   "(default 0: off)")
+    p.add_argument("--repetition-penalty", type=float, help="above 1, tokens already in the prompt or reply are "
+                   "less likely (default 1: off)")
+    p.add_argument("--frequency-penalty", type=float, help="lower each token's score by this times its count in "
+                   "the reply, as OpenAI's API does (default 0)")
+    p.add_argument("--presence-penalty", type=float, help="lower the score of every token already in the reply "
+                   "by this, as OpenAI's API does (default 0)")
+    p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same reply (default: random)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--dtype", help="auto (checkpoint's), float32, bfloat16")
     p.add_argument("--max-seq-len", type=int, help="context per sequence (default: model's, at most 4096)")

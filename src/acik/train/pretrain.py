@@ -173,8 +173,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     k = p.add_argument_group("Kubernetes")
     k.add_argument("--emit-k8s", action="store_true", help="write a Kubeflow TrainJob + Dockerfile to --out")
-    k.add_argument("--nodes", type=int, default=1)
-    k.add_argument("--gpus-per-node", type=int, default=8)
+    k.add_argument("--nodes", type=int, default=1, help="machines the job runs on (default 1)")
+    k.add_argument("--gpus-per-node", type=int, default=8, help="processes (GPUs) per machine (default 8)")
     k.add_argument("--image", default="ghcr.io/acik/acik-train:latest", help="container image the job runs")
-    k.add_argument("--k8s-kind", choices=["TrainJob", "PyTorchJob"], default="TrainJob")
+    k.add_argument("--k8s-kind", choices=["TrainJob", "PyTorchJob"], default="TrainJob",
+                   help="TrainJob (Kubeflow Trainer) or PyTorchJob (Kubeflow Training Operator); default TrainJob")
     p.set_defaults(func=_cmd_train)
