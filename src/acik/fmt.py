@@ -20,17 +20,24 @@ def loss(x: float | None) -> str:
     return s[:-1] if s.endswith(".") else s
 
 
+def _scaled(n: float, units: tuple[str, ...], sep: str) -> str:
+    """`n` (>= 1000) divided by 1000 until it fits one of `units`, to 3 significant digits."""
+    for unit in units:
+        n /= 1000
+        if abs(n) < 999.5 or unit == units[-1]:
+            return f"{n:.3g}{sep}{unit}" if abs(n) < 100 else f"{n:.0f}{sep}{unit}"
+    raise AssertionError("unreachable")
+
+
 def size(n_bytes: int | float) -> str:
     """A byte count in decimal units: 999 B, 12.3 KB, 4.56 MB, 1.23 GB (3 significant digits, at
     least the integer part)."""
-    n = float(n_bytes)
-    if abs(n) < 1000:
-        return f"{int(n)} B"
-    for unit in _SIZE_UNITS:
-        n /= 1000
-        if abs(n) < 999.5 or unit == _SIZE_UNITS[-1]:
-            return f"{n:.3g} {unit}" if abs(n) < 100 else f"{n:.0f} {unit}"
-    raise AssertionError("unreachable")
+    return f"{int(n_bytes)} B" if abs(n_bytes) < 1000 else _scaled(float(n_bytes), _SIZE_UNITS, " ")
+
+
+def params(n: int) -> str:
+    """A parameter count as model names write it: 950, 26.9K, 135M, 1.24B."""
+    return str(n) if abs(n) < 1000 else _scaled(float(n), ("K", "M", "B", "T"), "")
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from acik import fmt
 from acik.config import ModelConfig
 from acik.devices import resolve_dtype
 from acik.formats.compressed import _method_of, is_acik_quantized, read_quantization
@@ -49,7 +50,7 @@ def describe_directory(directory: Path) -> str:
     lines = [
         f"directory:     {directory}",
         f"family:        {config.model_type} ({family_of(config.model_type).architecture})",
-        f"parameters:    {n_params:,} ({n_params / 1e6:.1f}M)",
+        f"parameters:    {n_params:,} ({fmt.params(n_params)})",
         f"dtype:         {config.torch_dtype}",
         f"layers:        {config.num_hidden_layers}",
         f"hidden size:   {config.hidden_size} (intermediate {config.intermediate_size})",
@@ -104,7 +105,7 @@ def _run_lengths(labels: list[str]) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
+    return fmt.size(n)
 
 
 def describe_quantization(directory: str | Path) -> list[str]:

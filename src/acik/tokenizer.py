@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from acik import fmt
+
 # acik's special tokens, in id order after the byte (or merged) vocabulary.
 ENDOFTEXT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -795,7 +797,8 @@ def _cmd_train(args: Any) -> int:
 
     m = read_manifest(out)
     t = m["training"]
-    print(f"trained {t['vocab_size']} tokens ({t['merges']} merges) on {t['bytes'] / 1e6:.1f} MB "
+    print(f"trained {fmt.count(t['vocab_size'], 'token')} ({fmt.count(t['merges'], 'merge')}) on "
+          f"{fmt.size(t['bytes'])} "
           f"in {time.perf_counter() - start:.1f} s -> {out}")
     print(f"tokenizer identity {m['tokenizer_identity'][:16]}")
     return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from acik import fmt
 from acik.engine.scheduler import Engine, Handle, Request
 from acik.models import MODEL_HELP
 
@@ -237,7 +238,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     print()
     if args.verbose:
         dt = time.perf_counter() - t0
-        print(f"[{handle.prompt_tokens} prompt + {n} new tokens, {n / dt:.1f} tokens/s, "
+        print(f"[{handle.prompt_tokens} prompt + {fmt.count(n, 'new token')}, {n / dt:.1f} tokens/s, "
               f"finish: {handle.finish_reason}]", file=sys.stderr)
     return 0
 
@@ -375,7 +376,7 @@ def chat_loop(llm, sampling: dict[str, Any], system: str | None = None, inp=None
         dt = time.perf_counter() - (first or t0)
         n = handle.completion_tokens
         rate = (n - 1) / dt if n > 1 and dt > 0 else 0.0
-        out.write(f"\n[{n} tokens, {rate:.1f} tokens/s, first token after {(first or t0) - t0:.2f}s]\n")
+        out.write(f"\n[{fmt.count(n, 'token')}, {rate:.1f} tokens/s, first token after {(first or t0) - t0:.2f}s]\n")
         if harmony:
             msg = _harmony_reply(reply)
             messages.append({k: v for k, v in msg.items() if k in ("role", "content", "thinking")})

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from acik import fmt
 from acik.eval.scoring import api_loglikelihoods, loglikelihoods, perplexity
 
 MC_TASKS = ("arc_easy", "arc_challenge", "piqa", "boolq", "copa", "commonsense_qa", "winogrande")
@@ -155,7 +156,7 @@ def format_table(results: dict[str, Any]) -> str:
     rows = ["| task | metric | value | n |", "| --- | --- | --- | --- |"]
     for task, r in results["tasks"].items():
         if task == "ppl":
-            rows.append(f"| ppl | perplexity | {r['perplexity']:.3f} | {r['tokens']} tokens |")
+            rows.append(f"| ppl | perplexity | {r['perplexity']:.3f} | {fmt.count(r['tokens'], 'token')} |")
             rows.append(f"| ppl | bits per byte | {r['bits_per_byte']:.4f} | |")
         else:
             rows.append(f"| {task} | acc | {r['acc']:.4f} | {r['n']} |")

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from acik import fmt
+
 
 @dataclass
 class QuantizeRecipe:
@@ -52,7 +54,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                          skip=skip, head=args.head, dtype=args.dtype)
     s = quantize_dir(args.dir, args.out, recipe)
     print(f"{args.out}: {recipe.method}, {s['quantized_weights']:,} weights at {s['bits_per_weight']:.2f} bits "
-          f"({s['quantized_bytes'] / 2**20:.1f} MiB); model {s['total_bytes'] / 2**20:.1f} MiB; "
+          f"({fmt.size(s['quantized_bytes'])}); model {fmt.size(s['total_bytes'])}; "
           f"quantized in {s['seconds']:.1f} s")
     return 0
 

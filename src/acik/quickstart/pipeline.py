@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acik import fmt
 from acik.data.recipe import DataRecipe
 from acik.quant.cli import QuantizeRecipe
 from acik.quickstart.qa import QASettings
@@ -267,8 +268,8 @@ def run_pretrain(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: l
     work = out / ".train"  # hidden: outside the manifest; checkpoints there let an interrupted run resume
     result = pretrain(s, work, resume="auto", command=cmd)
     _train_outputs(work, out)
-    _say(f"      {result.step} steps, {result.tokens_seen:,} tokens, final loss {result.final_loss:.3f}, "
-         f"validation loss {result.val_loss:.3f}")
+    _say(f"      {fmt.count(result.step, 'step')}, {fmt.count(result.tokens_seen, 'token')}, final loss "
+         f"{fmt.loss(result.final_loss)}, validation loss {fmt.loss(result.val_loss)}")
     return {"kind": "model", "recipe": to_dict(s), "seed": r.seed,
             "extra": {"training": {"steps": result.step, "tokens_seen": result.tokens_seen,
                                    "final_loss": result.final_loss, "val_loss": result.val_loss}}}
@@ -309,8 +310,8 @@ def run_finetune(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: l
              recipe=recipe, resume="auto", command=cmd)
     summary = json.loads((work / "summary.json").read_text())
     _train_outputs(work, out)
-    _say(f"      {summary['steps']} steps, final loss {summary['final_loss']:.3f}, "
-         f"validation loss {summary['val_loss']:.3f}")
+    _say(f"      {fmt.count(summary['steps'], 'step')}, final loss {fmt.loss(summary['final_loss'])}, "
+         f"validation loss {fmt.loss(summary['val_loss'])}")
     return {"kind": "model", "recipe": to_dict(recipe), "seed": r.seed,
             "extra": {"finetune": {"method": recipe.method, "steps": summary["steps"],
                                    "final_loss": summary["final_loss"], "val_loss": summary["val_loss"]}}}
@@ -321,7 +322,7 @@ def run_int8(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
 
     s = quantize_dir(inputs["finetune"], out, r.quantize, command=cmd)
     _say(f"      {r.quantize.method}: {s['quantized_weights']:,} weights at {s['bits_per_weight']:.2f} bits; "
-         f"model {s['total_bytes'] / 2**20:.1f} MiB")
+         f"model {fmt.size(s['total_bytes'])}")
     return {"kind": "model", "recipe": to_dict(r.quantize)}
 
 
@@ -352,7 +353,7 @@ def run_eval(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, cmd: list[
                                     "val_perplexity": ppl, "val_tokens": count}
         predictions.append([max(range(len(lls)), key=lls.__getitem__) for lls in scored["loglikelihoods"]])
         _say(f"      {label}: held-out accuracy {scored['acc']:.1%} (length-normalised {scored['acc_norm']:.1%}, "
-             f"calibrated {calibrated:.1%}), validation loss {nll:.3f}")
+             f"calibrated {calibrated:.1%}), validation loss {fmt.loss(nll)}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = [{"name": m["name"], "gold": m["gold"], **{s: p[i] for s, p in zip(MODEL_STAGES, predictions)}}
@@ -496,7 +497,8 @@ def closing_message(root: Path, results: dict, total: float, timings: dict) -> s
     for stage in MODEL_STAGES:
         r = m[stage]
         calibrated = f"   calibrated {r['acc_calibrated']:6.1%}" if "acc_calibrated" in r else ""
-        lines.append(f"  {r['label']:<18} accuracy {r['acc']:6.1%}{calibrated}   validation loss {r['val_loss']:.3f}")
+        lines.append(f"  {r['label']:<18} accuracy {r['acc']:6.1%}{calibrated}   validation loss "
+                     f"{fmt.loss(r['val_loss'])}")
     if m["finetune"]["acc"] <= m["pretrain"]["acc"]:
         lines.append("  note: fine-tuning did not beat the pretrained model on this run")
     lines += [

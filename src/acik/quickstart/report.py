@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from acik import fmt
 from acik.quickstart.pipeline import MODEL_STAGES, STAGES, QuickstartRecipe
 from acik.train.report import draw_loss, pyplot, read_metrics
 
@@ -108,11 +109,11 @@ def write_report(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, result
     lines += ["## Training", "", "![loss curves](report_loss.png)", ""]
     pre, ft = _manifest(inputs["pretrain"]), _manifest(inputs["finetune"])
     tr, fr = pre.get("training", {}), ft.get("finetune", {})
-    lines += [f"- pretraining: {tr.get('steps')} steps, {tr.get('tokens_seen', 0):,} tokens, final loss "
-              f"{tr.get('final_loss', 0):.3f}, validation loss {tr.get('val_loss', 0):.3f}",
-              f"- fine-tuning ({fr.get('method')}): {fr.get('steps')} steps on {_count(inputs['qa'] / 'train.jsonl')} "
-              f"question/answer pairs, final loss {fr.get('final_loss', 0):.3f}, validation loss "
-              f"{fr.get('val_loss', 0):.3f}", ""]
+    lines += [f"- pretraining: {fmt.count(tr.get('steps', 0), 'step')}, {tr.get('tokens_seen', 0):,} tokens, final "
+              f"loss {fmt.loss(tr.get('final_loss'))}, validation loss {fmt.loss(tr.get('val_loss'))}",
+              f"- fine-tuning ({fr.get('method')}): {fmt.count(fr.get('steps', 0), 'step')} on "
+              f"{_count(inputs['qa'] / 'train.jsonl')} question/answer pairs, final loss "
+              f"{fmt.loss(fr.get('final_loss'))}, validation loss {fmt.loss(fr.get('val_loss'))}", ""]
     lines += ["## Data", "",
               "Data card: [`data/DATA_CARD.md`](../data/DATA_CARD.md) (with tokens: "
               "[`tokens/DATA_CARD.md`](../tokens/DATA_CARD.md)).", "",

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from acik import fmt
 from acik.devices import resolve_device, resolve_dtype
 from acik.train import sft
 from acik.train.lora import ALL_LINEAR, apply_lora, lora_parameters, save_adapter
@@ -207,9 +208,9 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
              "val_source": str(val_data) if val_data else f"held out of {data} (val_fraction={r.val_fraction})"}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    _say(r, f"data: {train_set.stats['kept']} training examples ({train_set.num_tokens:,} tokens), "
-            f"{val_set.stats['kept']} validation; skipped: {_skips(train_set.stats) or 'none'}; "
-            f"{max_steps} steps")
+    _say(r, f"data: {fmt.count(train_set.stats['kept'], 'training example')} "
+            f"({fmt.count(train_set.num_tokens, 'token')}), {val_set.stats['kept']} validation; skipped: "
+            f"{_skips(train_set.stats) or 'none'}; {fmt.count(max_steps, 'step')}")
 
     # Model: which parameters train.
     model = llm.model
@@ -283,18 +284,14 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
         old = read_manifest(out_dir)
         write_manifest(out_dir, kind="model", command=cmd, recipe=recipe_dict, seed=r.seed, parents=parents,
                        extra={k: old[k] for k in ("finetune", "tokenizer_identity") if k in old})
-    _say(r, f"done: {out_dir} (final loss {_fmt(result.final_loss)}, validation {_fmt(result.val_loss)}, "
-            f"peak memory {peak / 2**20:.0f} MiB)")
+    _say(r, f"done: {out_dir} (final loss {fmt.loss(result.final_loss)}, validation {fmt.loss(result.val_loss)}, "
+            f"peak memory {fmt.size(peak)})")
     return out_dir
 
 
 def _say(r: FinetuneRecipe, text: str) -> None:
     if r.progress:
         print(text, file=sys.stderr)
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _skips(stats: dict) -> str:
@@ -319,20 +316,20 @@ def write_model_card(out_dir: Path, *, base: Path, data: Path, val_data: Path | 
         f"Fine-tuned with acik (`acik finetune --method {r.method}`) from the base model `{base}`"
         f" (license: {lic or 'see the base model'}).", "",
         "## Data", "",
-        f"- training data: `{data}` ({stats['format']} format), {tr.get('kept', 0)} of {tr.get('records', 0)} records "
-        f"used, {stats['train_tokens']:,} tokens",
-        f"- validation data: {stats['val_source']}, {va.get('kept', 0)} examples",
+        f"- training data: `{data}` ({stats['format']} format), {tr.get('kept', 0)} of "
+        f"{fmt.count(tr.get('records', 0), 'record')} used, {fmt.count(stats['train_tokens'], 'token')}",
+        f"- validation data: {stats['val_source']}, {fmt.count(va.get('kept', 0), 'example')}",
         f"- skipped or cut: {_skips(tr) or 'none'}",
         f"- data license: {data_lic}. Share-alike or non-commercial data terms carry over to this model.", "",
         "## Training", "",
         f"- method: {r.method}" + (f" (r={r.lora_r}, alpha={r.lora_alpha}, dropout={r.lora_dropout}, "
                                    f"targets={', '.join(r.lora_targets)})" if r.method != "full" else ""),
         f"- trainable parameters: {trainable:,} of {total:,}",
-        f"- {summary['steps']} steps, lr {lr:g} ({r.schedule}), batch {r.batch_size} x {r.grad_accum} "
+        f"- {fmt.count(summary['steps'], 'step')}, lr {lr:g} ({r.schedule}), batch {r.batch_size} x {r.grad_accum} "
         f"{'packed rows' if r.packing else 'examples'} of up to {r.max_seq_len} tokens, seed {r.seed}",
-        f"- loss only on the assistant's tokens; final train loss {_fmt(summary['final_loss'])}, "
-        f"validation loss {_fmt(summary['val_loss'])}",
-        f"- peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB on {summary['device']}", "",
+        f"- loss only on the assistant's tokens; final train loss {fmt.loss(summary['final_loss'])}, "
+        f"validation loss {fmt.loss(summary['val_loss'])}",
+        f"- peak memory {fmt.size(summary['peak_memory_bytes'])} on {summary['device']}", "",
         "## Use", "", "```python", "import acik", "", f"llm = {use}", "```", "",
         "The full recipe, the data's hash and the base model's hash are in `acik.json`.", ""]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from acik import fmt
+
 # Dense bf16 peak FLOP/s of common training GPUs, for model FLOPs utilisation (MFU).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                    "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
@@ -100,22 +102,18 @@ def write_report(run_dir: Path, summary: dict[str, Any]) -> Path:
         ("parameters", f"{summary.get('parameters', 0):,}"),
         ("processes", summary.get("world_size")),
         ("device", summary.get("device")),
-        ("final train loss", _fmt(summary.get("final_loss"))),
-        ("final validation loss", _fmt(vals[-1]["val_loss"] if vals else None)),
+        ("final train loss", fmt.loss(summary.get("final_loss"))),
+        ("final validation loss", fmt.loss(vals[-1]["val_loss"] if vals else None)),
         ("MFU", f"{summary['mfu'] * 100:.1f}%" if summary.get("mfu") is not None else "n/a (CPU or unknown GPU)"),
     ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     if png:
         lines += ["", f"![loss curve]({png.name})"]
     if vals:
-        lines += ["", "| step | validation loss |", "|---:|---:|"] + [f"| {r['step']} | {r['val_loss']:.4f} |"
+        lines += ["", "| step | validation loss |", "|---:|---:|"] + [f"| {r['step']} | {fmt.loss(r['val_loss'])} |"
                                                                          for r in vals]
     if summary.get("recipe"):
         lines += ["", "## Recipe", "", "```json", json.dumps(summary["recipe"], indent=2), "```"]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
