@@ -92,7 +92,7 @@ def add_cli(subparsers) -> None:
         "tokenize", help="re-tokenize a data directory's kept documents with another tokenizer"
     )
     p.add_argument("dir", help="data directory written by `acik data run`")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: acik's byte-level tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the one DIR has, to re-split with --set)")
     p.add_argument(
         "--set",
         action="append",

@@ -31,7 +31,7 @@ def resolve_recipes(
         return "auto", {name: load_data_recipe(path, overrides) for name, path in BUILTIN.items()}
     if isinstance(recipe, DataRecipe):
         return "custom", {"custom": load_data_recipe(recipe, overrides)}
-    if str(recipe) in BUILTIN and not Path(recipe).exists():
+    if str(recipe) in BUILTIN:  # the names win over files of the same name (a checkout has a docs/ folder)
         return str(recipe), {str(recipe): load_data_recipe(BUILTIN[str(recipe)], overrides)}
     return str(recipe), {str(recipe): load_data_recipe(recipe, overrides)}
 
@@ -90,6 +90,7 @@ def unwrap(text: str) -> str:
     fence = ""  # the open fence's marker
     literal_over = -1  # a reST literal block or directive: lines indented more than this are verbatim
     in_table = False
+    hard_break = False
     for line in lines[i:]:
         if fence:
             out.append(line)
@@ -135,15 +136,14 @@ def unwrap(text: str) -> str:
         if item:
             out.append(line.rstrip())
             prev, list_indent, para_indent = "list", item.end(), item.end()
-        elif (
-            prev in ("prose", "list")
-            and not out[-1].endswith(("  ", "\\"))  # a markdown hard line break
-            and ind <= para_indent + 3
-        ):
-            out[-1] = out[-1].rstrip() + " " + stripped
+        elif prev in ("prose", "list") and not hard_break and ind <= para_indent + 3:
+            out[-1] = out[-1] + " " + stripped
         else:
             out.append(line.rstrip())
             prev, para_indent = "prose", ind if not list_indent else max(ind, list_indent)
+        hard_break = line.endswith(("  ", "\\"))  # markdown: the next line starts a new line
+        if hard_break:
+            out[-1] = out[-1].rstrip() + line[len(line.rstrip()):]
         if stripped.endswith("::"):  # reST: the indented block after this paragraph is literal
             literal_over = ind
     return "\n".join(out).strip("\n")

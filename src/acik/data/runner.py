@@ -569,8 +569,8 @@ def retokenize(
     command: str | list | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Rewrite DATA_DIR/tokens with another tokenizer; kept documents and the ledger stay as they are.
-    `overrides` (`tokenize.*` and `seed` only) change how the tokens are split and sharded."""
+    """Rewrite DATA_DIR/tokens with another tokenizer (None: the one DATA_DIR has); kept documents and the
+    ledger stay as they are. `overrides` (`tokenize.*` and `seed` only) change how tokens are split and sharded."""
     from acik.data.card import read_card, summary, write_card
     from acik.data.shards import tokenize_documents
     from acik.manifest import read_manifest
@@ -581,6 +581,10 @@ def retokenize(
     docs.check_tokenize_overrides(overrides)
     recipe = load_data_recipe(from_dict(DataRecipe, manifest["recipe"]), overrides)
     recipe_dict = dataclasses.asdict(recipe)
+    if tokenizer is None:  # keep the directory's tokenizer, named as the manifest names it when it still exists
+        prev = next((p["path"] for p in manifest.get("parents", []) if p.get("role") == "tokenizer"), None)
+        if prev and prev != "acik:byte-level":
+            tokenizer = prev if (Path(prev) / "tokenizer.json").exists() else root / "tokenizer"
     card["tokens"] = tokenize_documents(root, tokenizer, recipe.tokenize, recipe.seed)
     card["summary"] = summary(card)
     check_conservation(card)

@@ -121,7 +121,9 @@ def _load_data_dir(path: Path, tok: Path | None) -> TokenData:
         tok = data_tok if data_tok.is_dir() else None
     train, val = load_tokens(path, "train"), load_tokens(path, "val")
     if len(val) == 0:
-        raise DataError(f"--data {path}: the 'val' split is empty; validation needs held-out tokens")
+        raise DataError(f"--data {path}: the 'val' split is empty; validation needs held-out tokens: raise "
+                        f"the data's validation fraction with `acik data tokenize {path} --set "
+                        "tokenize.val_fraction=0.1`")
     parents = [_dir_parent(path, "data")]
     vocab = int(sidecar.get("vocab_size") or _vocab_size(tok))
     return TokenData(np.asarray(train), np.asarray(val), tok, path, parents, vocab)
@@ -138,6 +140,10 @@ def sample_offsets(n_tokens: int, seq_len: int, batch_size: int, seed: int, step
                    stream: str = "train") -> torch.Tensor:
     """Start offsets of the `batch_size` windows of step `step` (the whole global batch)."""
     span = n_tokens - seq_len - 1
+    if span < 1 and stream == "val":
+        raise DataError(f"the validation split has {n_tokens} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
+                        "raise val_fraction (raw text: --set val_fraction=0.2; a data directory: `acik data "
+                        "tokenize DIR --set tokenize.val_fraction=0.1`) or lower seq_len")
     if span < 1:
         raise DataError(f"the data has {n_tokens} tokens, fewer than seq_len + 1 = {seq_len + 1}")
     return torch.randint(0, span + 1, (batch_size,), generator=_step_generator(seed, step, stream))
