@@ -128,3 +128,69 @@ def test_stop_button(browser, page_server):
     page.click("#new-chat")
     assert page.locator(".msg").count() == 0 and page.locator("#conversations li").count() >= 2
     context.close()
+
+
+class _BurstEngine(ScriptedEngine):
+    """Nine tokens with no text, then one with it all: the page sees the reply arrive in one burst, as it
+    does when a reply's first tokens are partial characters or a proxy buffers the stream."""
+
+    def submit(self, request):
+        self.requests.append(request)
+        engine = self
+
+        class Handle:
+            prompt_tokens = len(request.prompt_ids)
+            completion_tokens = 0
+            prompt_logprobs = None
+
+            def cancel(self) -> None:
+                pass
+
+            def __iter__(self):
+                from acik.engine import Event
+
+                for i in range(10):
+                    time.sleep(engine.delay)
+                    self.completion_tokens += 1
+                    yield Event(65, engine.reply if i == 9 else "", finish_reason="stop" if i == 9 else None)
+
+        return Handle()
+
+
+def test_page_says_once_that_old_turns_are_left_out_and_rates_from_the_servers_timing(browser, tmp_path):
+    """A 160-token context: the page asks for "truncation": "auto", says once that the oldest messages are no
+    longer sent, shows a message too long as an error and goes on, and takes tokens/s from the server (ten
+    tokens 20 ms apart: about 50/s, not the thousands that arrival times in one burst would give)."""
+    tok = load_tokenizer(save_byte_tokenizer(tmp_path / "tok"))
+    engine = _BurstEngine("Fine.", delay=0.02)
+    with LiveServer(create_app(engine, tok, ServerConfig("acik-small", 160, 260))) as server:
+        context = browser.new_context(viewport={"width": 900, "height": 700})
+        page = context.new_page()
+        page.goto(server.url + "/")
+        wait_js(page, "document.getElementById('model-name').textContent === 'acik-small'")
+
+        def say(text: str, replies: int) -> None:
+            page.fill("#input", text)
+            page.keyboard.press("Enter")
+            wait_js(page, f"document.querySelectorAll('.msg.assistant .meta, .msg.error').length === {replies}")
+            page.wait_for_selector("#send", state="visible")
+
+        for i in range(3):
+            say(f"Tell me about the river number {i} and its longest bridges.", i + 1)
+        assert page.locator(".msg.notice").count() == 1
+        assert "outgrown the model's context" in page.locator(".msg.notice").inner_text()
+        assert engine.requests[-1].prompt_ids and len(engine.requests[-1].prompt_ids) < 160
+        metas = page.locator(".msg.assistant .meta").all_inner_texts()
+        rates = [float(m.split(" tokens/s")[0]) for m in metas]
+        assert all(5 < r <= 60 for r in rates), metas
+
+        say("w" * 300, 4)  # over the context by itself: an error in the page, not the end of the chat
+        assert "Shorten the message" in page.locator(".msg.error").inner_text()
+        say("Still there?", 5)
+        assert "w" * 300 not in bytes(t for t in engine.requests[-1].prompt_ids if t < 256).decode()
+        assert page.locator(".msg.notice").count() == 1
+        stored = page.evaluate("JSON.parse(localStorage.getItem('acik.conversations.v1'))")[0]["messages"]
+        assert [m["role"] for m in stored].count("notice") == 1
+        page.locator(".msg.notice").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "serve-chat-context.png"))
+        context.close()

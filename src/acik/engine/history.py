@@ -21,8 +21,8 @@ class ContextOverflow(ValueError):
     def __init__(self, tokens: int, context: int):
         self.tokens = tokens
         self.context = context
-        super().__init__(f"the message has {tokens} tokens with the system prompt and the chat template, but the "
-                         f"model's context holds {context}")
+        super().__init__(f"the message comes to {tokens} tokens with the chat template (and the system prompt, if "
+                         f"any), but the model's context holds {context}")
 
 
 @dataclass

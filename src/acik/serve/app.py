@@ -363,7 +363,8 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
                                           reply_budget(config.max_context, requested))
             except ContextOverflow as e:
                 raise APIError(400, f"this model's maximum context length is {config.max_context} tokens; the "
-                               f"last message has {e.tokens} tokens with the system prompt. Shorten the message.",
+                               f"last message comes to {e.tokens} tokens with the chat template (and the system "
+                               f"prompt, if any). Shorten the message.",
                                param="messages", code="context_length_exceeded") from None
             prompt_ids, dropped = fitted.prompt_ids, fitted.dropped_messages
         else:

@@ -113,7 +113,8 @@ function renderList() {
 }
 
 function messageNode(m) {
-  const node = el("div", "msg " + m.role);
+  if (m.role === "notice") return el("div", "msg notice", m.content);
+  const node = el("div", "msg " + m.role + (m.error ? " error" : ""));
   if (m.reasoning) {
     const d = el("details", "reasoning"); d.appendChild(el("summary", null, "Reasoning"));
     d.appendChild(el("div", "reasoning-text", m.reasoning)); node.appendChild(d);
@@ -137,6 +138,22 @@ function renderMessages() {
 }
 
 // ---- Talking to the server
+// What the model is sent: the page's notices are not part of the conversation, and a turn that failed
+// (its reply is an error) is left out so that, say, one message too long does not ride along forever.
+function historyOf(messages) {
+  const out = [];
+  for (let i = 0; i < messages.length; i++) {
+    const m = messages[i], next = messages[i + 1];
+    if (m.role !== "user" && m.role !== "assistant") continue;
+    if (m.error || (m.role === "user" && next && next.role === "assistant" && next.error)) continue;
+    out.push({ role: m.role, content: m.content });
+  }
+  return out;
+}
+
+const DROPPED_NOTICE = "This conversation has outgrown the model's context, so its oldest messages are no longer " +
+  "sent to the model (they stay here). The system prompt is always sent.";
+
 function headers() {
   const h = { "Content-Type": "application/json" };
   if (settings.apiKey) h.Authorization = "Bearer " + settings.apiKey;
@@ -167,12 +184,12 @@ async function send(text) {
   const body = node.querySelector(".body");
   let reasoningBox = null;
 
-  const history = conv.messages.slice(0, -1).map((m) => ({ role: m.role, content: m.content }));
+  const history = historyOf(conv.messages.slice(0, -1));
   if (settings.system.trim()) history.unshift({ role: "system", content: settings.system });
   controller = new AbortController();
   setBusy(true);
   const started = performance.now();
-  let first = null, usage = null, finish = null, pending = false;
+  let first = null, usage = null, timings = null, finish = null, pending = false;
   const paint = () => {
     pending = false;
     renderMarkdown(reply.content, body);
@@ -189,7 +206,7 @@ async function send(text) {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
-        model: modelId, messages: history, stream: true, stream_options: { include_usage: true },
+        model: modelId, messages: history, stream: true, stream_options: { include_usage: true }, truncation: "auto",
         temperature: Number(settings.temperature), max_tokens: Number(settings.maxTokens) || undefined,
       }),
     });
@@ -197,6 +214,13 @@ async function send(text) {
       let msg = r.status + " " + r.statusText;
       try { msg = (await r.json()).error.message; } catch { /* not JSON */ }
       throw new Error(msg);
+    }
+    // The server left the oldest turns out to fit the context: say so once in this conversation.
+    if (Number(r.headers.get("X-Acik-Dropped-Messages") || 0) > 0 && !conv.messages.some((m) => m.role === "notice")) {
+      const notice = { role: "notice", content: DROPPED_NOTICE };
+      conv.messages.splice(conv.messages.length - 2, 0, notice);
+      if (conv === current && node.previousElementSibling) box.insertBefore(messageNode(notice), node.previousElementSibling);
+      save();
     }
     const reader = r.body.getReader();
     const decoder = new TextDecoder();
@@ -214,6 +238,7 @@ async function send(text) {
           if (data === "[DONE]") continue;
           const chunk = JSON.parse(data);
           if (chunk.usage) usage = chunk.usage;
+          if (chunk.timings) timings = chunk.timings;
           const choice = chunk.choices && chunk.choices[0];
           if (!choice) continue;
           const delta = choice.delta || {};
@@ -234,12 +259,10 @@ async function send(text) {
     controller = null;
     setBusy(false);
   }
-  const end = performance.now();
   const parts = [];
-  if (usage && first !== null && usage.completion_tokens > 1 && end > first) {
-    parts.push(((usage.completion_tokens - 1) / ((end - first) / 1000)).toFixed(1) + " tokens/s");
-    parts.push(usage.completion_tokens + " tokens");
-  }
+  // The server's own timing: tokens can reach the page in bursts, and a rate from arrival times would be noise.
+  if (timings && timings.predicted_per_second) parts.push(timings.predicted_per_second.toFixed(1) + " tokens/s");
+  if (usage && usage.completion_tokens) parts.push(usage.completion_tokens + " tokens");
   if (first !== null) parts.push(((first - started) / 1000).toFixed(2) + " s to first token");
   if (finish && finish !== "stop") parts.push(finish === "length" ? "stopped at max tokens" : finish === "content_filter" ? "blocked by policy" : finish);
   reply.meta = parts.join(" \u00b7 ");
