@@ -74,7 +74,9 @@ class LLM:
 
     def chat(self, messages: list[dict], *, stream: bool = False, **sampling):
         """Reply to a conversation (OpenAI-style messages) with the tokenizer's chat template; returns the
-        reply's text (gpt-oss: the final channel), or yields its pieces with `stream=True`."""
+        reply's text (gpt-oss: the final channel), or yields its pieces with `stream=True`. A conversation
+        longer than the context is a ValueError; `truncation="auto"` drops its oldest turns instead (the
+        system prompt stays), as `acik chat` and the server's `"truncation": "auto"` do."""
         from acik.engine.generate import chat
 
         return chat(self, messages, stream=stream, **sampling)
