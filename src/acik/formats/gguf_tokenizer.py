@@ -228,8 +228,12 @@ def gguf_tokenizer_json(meta: dict[str, Any], path: str | Path = "<gguf>") -> tu
     else:
         default_bos = True
         prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-        scores = [float(s) for s in (meta.get("tokenizer.ggml.scores") or [0.0] * n)]
-        merges = _merges(meta, path) if "tokenizer.ggml.merges" in meta else _spm_merges(tokens, scores, types)
+        # llama.cpp merges by score and ignores any merge list; a file with merges and no scores gets those.
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is None and "tokenizer.ggml.merges" in meta:
+            merges = _merges(meta, path)
+        else:
+            merges = _spm_merges(tokens, [float(s) for s in scores or [0.0] * n], types)
         # Unknown characters become <0xXX> byte tokens when the vocabulary has all 256 of them.
         byte_fallback = all(f"<0x{b:02X}>" in seen for b in range(256))
         model_json = {"type": "BPE", "dropout": None, "unk_token": names["unk_token"],
