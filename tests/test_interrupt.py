@@ -112,10 +112,10 @@ def test_sigint_during_lora_finetune_checkpoints_and_resume_matches(tmp_path):
     make_hf_model(cfg, model_dir)
     save_byte_tokenizer(model_dir)
     data.write_text("".join(json.dumps(r) + "\n" for r in chat_records()))
-    flags = dict(max_steps=16, lora_dropout=0.1, lr=1e-2, batch_size=2, max_seq_len=128, seed=1)
+    flags = dict(max_steps=30, lora_dropout=0.1, lr=1e-2, batch_size=2, max_seq_len=128, seed=1)
     recipe = {**FAST, "checkpoint_every": 0, "log_every": 1, "eval_every": 0}
     recipe.pop("batch_size"), recipe.pop("max_seq_len"), recipe.pop("lr")
-    cli = [str(model_dir), "--data", str(data), "--out", str(tmp_path / "a"), "--max-steps", "16",
+    cli = [str(model_dir), "--data", str(data), "--out", str(tmp_path / "a"), "--max-steps", "30",
            "--lora-dropout", "0.1", "--lr", "1e-2", "--batch-size", "2", "--max-seq-len", "128", "--seed", "1",
            *[a for k, v in recipe.items() for a in ("--set", f"{k}={v}")]]
     proc = subprocess.Popen([sys.executable, "-m", "acik", "finetune", *cli], env=ENV, stdout=subprocess.PIPE,
