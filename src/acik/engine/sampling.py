@@ -6,7 +6,34 @@ Everything happens in fp32 on one request's logits [vocab]; each request has its
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
+
+
+def check_sampling(options: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
+    """Raise ValueError for a sampling setting out of range. The engine checks every request with this, and
+    `acik chat`/`acik generate` check their settings with it before loading the model; `spell` names a key
+    as the caller's surface does (`--top-p` on the command line). Only the keys present are checked."""
+    def need(key: str, ok: Callable[[Any], bool], rule: str) -> None:
+        if key in options and not ok(options[key]):
+            raise ValueError(f"{spell(key)} must be {rule}, got {options[key]!r}")
+
+    need("max_new_tokens", lambda v: v is None or v >= 0, ">= 0")
+    need("temperature", lambda v: v >= 0, ">= 0 (0: greedy)")
+    need("top_p", lambda v: 0 < v <= 1, "in (0, 1]")
+    need("top_k", lambda v: v >= 0, ">= 0 (0: off)")
+    need("min_p", lambda v: 0 <= v <= 1, "in [0, 1]")
+    need("repetition_penalty", lambda v: v > 0, "> 0 (1: off)")
+    need("frequency_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]")
+    need("presence_penalty", lambda v: -2 <= v <= 2, "in [-2, 2]")
+    need("top_logprobs", lambda v: 0 <= v <= 20, "in [0, 20]")
+    if not all(isinstance(s, str) and s for s in options.get("stop") or []):
+        raise ValueError(f"{spell('stop')} strings must be non-empty strings")
+    if options.get("max_new_tokens") == 0 and not options.get("prompt_logprobs"):
+        fix = "; set prompt_logprobs=True to score the prompt" if "prompt_logprobs" in options else ""
+        raise ValueError(f"{spell('max_new_tokens')}=0 generates nothing{fix}")
 
 
 def apply_penalties(logits: torch.Tensor, counts: torch.Tensor | None, seen: torch.Tensor | None,

@@ -19,7 +19,7 @@ import torch
 
 from acik.engine.cache import KVCache
 from acik.engine.openmp import release_openmp_threads
-from acik.engine.sampling import apply_penalties, sample, top_logprobs
+from acik.engine.sampling import apply_penalties, check_sampling, sample, top_logprobs
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -225,20 +225,8 @@ class Engine:
         need(len(r.prompt_ids) > 0, "the prompt is empty: give at least one token")
         need(all(isinstance(t, int) and 0 <= t < self.vocab_size for t in r.prompt_ids),
              f"prompt token ids must be integers in [0, {self.vocab_size})")
-        need(r.max_new_tokens is None or r.max_new_tokens >= 0,
-             f"max_new_tokens must be >= 0, got {r.max_new_tokens}")
-        need(r.temperature >= 0, f"temperature must be >= 0, got {r.temperature}")
-        need(0 < r.top_p <= 1, f"top_p must be in (0, 1], got {r.top_p}")
-        need(r.top_k >= 0, f"top_k must be >= 0 (0: off), got {r.top_k}")
-        need(0 <= r.min_p <= 1, f"min_p must be in [0, 1], got {r.min_p}")
-        need(r.repetition_penalty > 0, f"repetition_penalty must be > 0, got {r.repetition_penalty}")
-        need(-2 <= r.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {r.frequency_penalty}")
-        need(-2 <= r.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {r.presence_penalty}")
-        need(0 <= r.top_logprobs <= 20, f"top_logprobs must be in [0, 20], got {r.top_logprobs}")
-        need(all(isinstance(s, str) and s for s in r.stop), "stop strings must be non-empty strings")
+        check_sampling(vars(r))
         need(all(isinstance(t, int) for t in r.stop_token_ids), "stop_token_ids must be integers")
-        need(r.max_new_tokens != 0 or r.prompt_logprobs,
-             "max_new_tokens=0 generates nothing; set prompt_logprobs=True to score the prompt")
         room = self.max_seq_len - (1 if r.max_new_tokens != 0 else 0)
         if len(r.prompt_ids) > room:
             if not r.truncate:

@@ -138,7 +138,8 @@ def write_report(out: Path, inputs: dict[str, Path], r: QuickstartRecipe, result
         lines.append(f"| {stage} | {qs.get('seconds', 'n/a')} | {qs.get('cpu_seconds', 'n/a')} | "
                      f"`{m['directory_hash'][:16]}` | `acik reproduce {root / stage}` |")
     lines += ["", "## Use it", "", "```bash", f"acik chat {root / 'finetune'}", f"acik serve {root / 'int8'}",
-              f"acik eval {root / 'finetune'} --tasks heldout_mc --data-dir {root / 'qa'}", "```", ""]
+              f"acik eval {root / 'finetune'} --tasks heldout_mc --data-dir {root / 'qa'}", "```", "",
+              "In a checkout, `acik` is `.venv/bin/acik` until `source .venv/bin/activate` puts it on the PATH.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
