@@ -201,10 +201,18 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> GenerateRecipe:
+    from acik.engine.sampling import check_sampling
     from acik.recipe import load_recipe
 
     flags = {f.name: getattr(args, f.name, None) for f in fields(GenerateRecipe)}
-    return load_recipe(GenerateRecipe, args.recipe, args.set, **flags)
+    r = load_recipe(GenerateRecipe, args.recipe, args.set, **flags)
+    # Now, not at the first message: the engine would refuse every request, after the model loaded.
+    check_sampling(_sampling(r), spell=lambda key: "--" + key.replace("_", "-"))
+    if r.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {r.max_new_tokens}")
+    if r.max_seq_len is not None and r.max_seq_len < 2:
+        raise ValueError(f"--max-seq-len must be at least 2, got {r.max_seq_len}")
+    return r
 
 
 def _sampling(r: GenerateRecipe) -> dict[str, Any]:

@@ -501,13 +501,22 @@ def closing_message(root: Path, results: dict, total: float, timings: dict) -> s
                      f"{fmt.loss(r['val_loss'])}")
     if m["finetune"]["acc"] <= m["pretrain"]["acc"]:
         lines.append("  note: fine-tuning did not beat the pretrained model on this run")
+    from acik.invocation import acik_command, shell_path
+
+    # Commands as they run when pasted here: `.venv/bin/acik` until the venv is activated.
+    acik, at = acik_command(), shell_path
     lines += [
         "",
-        f"Report:        {root / 'report' / 'report.md'}",
-        f"Chat with it:  acik chat {root / 'finetune'}      (or the int8 model: acik chat {root / 'int8'})",
-        f"Serve it:      acik serve {root / 'int8'}      (OpenAI API at http://127.0.0.1:8000/v1, chat page at /)",
-        f"Check it:      acik verify {root}/*/   and   acik reproduce {root / 'pretrain'}",
+        f"Report:        {at(root / 'report' / 'report.md')}",
+        f"Chat with it:  {acik} chat {at(root / 'finetune')}      "
+        f"(or the int8 model: {acik} chat {at(root / 'int8')})",
+        f"Serve it:      {acik} serve {at(root / 'int8')}      "
+        "(OpenAI API at http://127.0.0.1:8000/v1, chat page at /)",
+        f"Check it:      {acik} verify {at(root)}/*/   and   {acik} reproduce {at(root / 'pretrain')}",
     ]
+    activate = Path(acik).parent / "activate"
+    if acik.endswith("/acik") and activate.is_file():
+        lines.append(f"(plain `acik` works after `source {shell_path(activate)}`: see README.md)")
     return "\n".join(lines)
 
 

@@ -8,8 +8,10 @@ app = build_app(ServeSettings(model="path/to/model"))   # a FastAPI app; run it 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,37 @@ def check_exposure(settings: ServeSettings) -> None:
                          "(--api-key KEY or ACIK_API_KEY) or pass --insecure-no-auth if you really mean it")
 
 
+def check_settings(settings: ServeSettings) -> None:
+    """Reject impossible numbers before the model loads (the engine would, minutes later)."""
+    if not 0 <= settings.port <= 65535:
+        raise ServeError(f"--port must be in 0..65535, got {settings.port}")
+    for flag, value in (("--max-concurrency", settings.max_concurrency), ("--max-batch-size", settings.max_batch_size),
+                        ("prefill_chunk", settings.prefill_chunk), ("--max-seq-len", settings.max_seq_len)):
+        if value is not None and value < 1:
+            raise ServeError(f"{flag} must be at least 1, got {value}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, naming the port, if the server could not listen there: before the banner and the minutes
+    a model takes to load. The probe binds as uvicorn does (SO_REUSEADDR, so a port left in TIME_WAIT by a
+    previous run is free), then lets go; a program that takes the port in between still fails in uvicorn."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ServeError(f"port {port} on {host} is already in use (another `acik serve`, or another "
+                                 f"program); stop it, or choose another port with --port, e.g. --port {port + 1}"
+                                 ) from None
+            if e.errno == errno.EACCES:
+                raise ServeError(f"port {port} needs administrator rights on this system; choose a port above "
+                                 "1023 with --port") from None
+            raise ServeError(f"cannot listen on {host} port {port}: {e.strerror or e}; check --host and --port"
+                             ) from None
+
+
 def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     """Load the model (unless `llm` is given), start its engine and return the FastAPI app."""
     from acik.loader import load
@@ -106,6 +139,8 @@ def _cmd_serve(args: Any) -> int:
                            optimize=False if args.no_optimize else None,
                            cors_origins=args.cors_origin)
     check_exposure(settings)
+    check_settings(settings)
+    check_port(settings.host, settings.port)
     # The engine thread makes many short torch calls, each releasing and retaking the GIL, while the
     # event loop formats and sends tokens. With Python's default 5 ms switch interval the engine can
     # wait that long for the GIL after every call; 1 ms keeps decode steps close to their in-process
