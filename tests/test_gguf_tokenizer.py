@@ -32,7 +32,6 @@ regex = pytest.importorskip("regex")
 
 from acik.formats.gguf_tokenizer import (  # noqa: E402  (after the skips: it needs gguf)
     PRE_TOKENIZERS,
-    load_gguf_tokenizer,
     write_gguf_tokenizer,
 )
 
@@ -392,8 +391,7 @@ def test_sentencepiece_style_matches_llama_cpp(tmp_path, spm_vocab, prefix):
     path = _write_gguf(tmp_path / "spm.gguf", tokens, types, model="llama", scores=scores, bos_token_id=1,
                        eos_token_id=2, unk_token_id=0, add_space_prefix=prefix,
                        chat_template="{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}")
-    reader = gguf.GGUFReader(str(path))
-    tok = load_gguf_tokenizer(path, reader=reader)
+    tok = load_tokenizer(path)
     lines = (_shared_data() / "wikitext-2" / "test.txt").read_text(encoding="utf-8").splitlines()[:400]
     texts = SAMPLE + lines + [t[:300] for _, t in udhr2_texts()[::6]] + [
         "", " ", "  two  spaces", " x", "<|im_start|>user\nhi there<|im_end|>", "a<tool>b", "<s>not bos",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from acik import fmt
+from acik.formats import TokenizerError
 
 # acik's special tokens, in id order after the byte (or merged) vocabulary.
 ENDOFTEXT = "<|endoftext|>"
@@ -64,10 +65,6 @@ def _check_text(text: object) -> None:
         if 0xD800 <= ord(ch) <= 0xDFFF:
             raise ValueError(f"text has a lone surrogate U+{ord(ch):04X} at index {i}, which is not valid "
                              "Unicode; decode the source bytes with errors='replace' first")
-
-
-class TokenizerError(ValueError):
-    pass
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -626,9 +623,16 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
     root = Path(path)
     if root.suffix.lower() == ".gguf" and not root.is_dir():
-        from acik.formats.gguf_tokenizer import load_gguf_tokenizer
+        from acik.formats.gguf_tokenizer import gguf_tokenizer_files
 
-        return load_gguf_tokenizer(root)
+        tok_json, config, generation, identity = gguf_tokenizer_files(root)
+        try:
+            backend = Backend.from_str(json.dumps(tok_json))
+        except Exception as e:  # the Rust error type is not importable; its message says what is wrong
+            raise TokenizerError(f"{root}: the tokenizer metadata does not make a valid tokenizer: {e}") from None
+        tok = Tokenizer(backend, config, generation_config=generation)
+        tok._identity = identity  # the identity of the directory write_gguf_tokenizer() writes
+        return tok
     if not root.is_dir():
         raise TokenizerError(f"{root}: no such directory.")
     tok_path = root / "tokenizer.json"

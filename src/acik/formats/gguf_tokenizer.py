@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from acik.tokenizer import Tokenizer, TokenizerError
+from acik.formats import TokenizerError
 
 # GGUF token types (llama.cpp's llama_token_type; gguf.TokenType).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -285,27 +285,21 @@ def _stop_ids(meta: dict, n: int) -> dict:
     return {"eos_token_id": extra} if extra else {}
 
 
-def load_gguf_tokenizer(path: str | Path, reader: Any = None) -> Tokenizer:
-    """The tokenizer of a GGUF file (`reader`: an open `gguf.GGUFReader` of it, to avoid reading twice)."""
-    from tokenizers import Tokenizer as Backend
-
+def gguf_tokenizer_files(path: str | Path, reader: Any = None) -> tuple[dict, dict, dict, str]:
+    """What `acik.tokenizer.load_tokenizer` builds a GGUF file's tokenizer from: the `tokenizer.json` and
+    `tokenizer_config.json` contents, the generation config (stop tokens) and the identity hash that the
+    directory `write_gguf_tokenizer` writes would have. `reader`: an open `gguf.GGUFReader` of the file."""
     from acik.manifest import canonical_json_hash
 
     path = Path(path)
     meta = read_tokenizer_metadata(path, reader)
     tok_json, config = gguf_tokenizer_json(meta, path)
-    try:
-        backend = Backend.from_str(json.dumps(tok_json))
-    except Exception as e:  # the Rust error type is not importable; its message says what is wrong
-        raise TokenizerError(f"{path}: the tokenizer metadata does not make a valid tokenizer: {e}") from None
-    tok = Tokenizer(backend, config, generation_config=_stop_ids(meta, len(tok_json["model"]["vocab"])))
-    # The identity hash tokenizer_identity() gives the directory write_gguf_tokenizer() writes.
-    tok._identity = canonical_json_hash({"tokenizer": {k: v for k, v in tok_json.items()
-                                                       if k not in ("truncation", "padding")},
-                                         "special": {k: config[k] for k in
-                                                     ("bos_token", "eos_token", "pad_token", "unk_token",
-                                                      "chat_template") if config.get(k) is not None}})
-    return tok
+    identity = canonical_json_hash({"tokenizer": {k: v for k, v in tok_json.items()
+                                                  if k not in ("truncation", "padding")},
+                                    "special": {k: config[k] for k in
+                                                ("bos_token", "eos_token", "pad_token", "unk_token",
+                                                 "chat_template") if config.get(k) is not None}})
+    return tok_json, config, _stop_ids(meta, len(tok_json["model"]["vocab"])), identity
 
 
 def write_gguf_tokenizer(path: str | Path, out_dir: str | Path, reader: Any = None) -> Path:
