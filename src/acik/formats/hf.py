@@ -277,7 +277,11 @@ def save_pretrained(model: torch.nn.Module, config: ModelConfig, out_dir: str | 
            "pad_token_id": config.pad_token_id, **(generation_config or {})}
     (out / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None},
                                                            indent=2) + "\n")
-    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != out.resolve():
+    if tokenizer_dir is not None and Path(tokenizer_dir).suffix.lower() == ".gguf":
+        from acik.formats.gguf_tokenizer import write_gguf_tokenizer
+
+        write_gguf_tokenizer(tokenizer_dir, out)  # a model loaded from GGUF: its tokenizer as files
+    elif tokenizer_dir is not None and Path(tokenizer_dir).resolve() != out.resolve():
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
             if src.exists():
