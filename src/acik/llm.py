@@ -118,5 +118,21 @@ class LLM:
         return out
 
     def __repr__(self) -> str:
+        from acik import fmt
+
         n = self.model.num_parameters()
-        return f"LLM({self.config.model_type}, {n / 1e6:.1f}M params, {self.device}, path={self.path})"
+        return f"LLM({self.config.model_type}, {fmt.params(n)} params, {self.device}, path={self.path})"
+
+    def close(self) -> None:
+        """Stop this LLM's engine: its thread ends (requests still running finish as "cancelled") and its KV cache
+        is freed. Idempotent. The model stays loaded; a later `generate`/`chat` starts a new engine. Scripts need
+        not call it (engines are closed at exit), but `with acik.load(...) as llm:` frees the engine early."""
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -261,11 +261,9 @@ def available() -> list[tuple[str, ModelRef | None, str]]:
     return rows
 
 
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
-
-
 def _cmd_models(args: Any) -> int:
+    from acik import fmt
+
     rows = available()
     print(f"{'name':28} {'family':10} {'params':>9} {'quantization':16} path")
     for name, ref, note in rows:
@@ -277,7 +275,7 @@ def _cmd_models(args: Any) -> int:
         except Exception as e:  # one unreadable model must not hide the others
             print(f"{name:28} {'?':10} {'?':>9} {'?':16} {ref.path} (unreadable: {e})")
             continue
-        print(f"{name:28} {s['family']:10} {_millions(s['parameters']):>9} {s['quantization']:16} {ref.path}")
+        print(f"{name:28} {s['family']:10} {fmt.params(s['parameters']):>9} {s['quantization']:16} {ref.path}")
     if not any(ref for _, ref, _ in rows):
         print(f"(nothing in {models_dir()}; `acik pull OWNER/NAME` downloads a model there)")
     return 0
