@@ -15,6 +15,7 @@ acik has an 8-bit embedding (then Q8_0 stays 8-bit, and a tied head reads the sa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,6 @@ def _reader_class():
 
 def open_gguf(path: str | Path):
     """The `gguf.GGUFReader` of `path`, with every failure turned into a GGUFError naming the file."""
-    import gguf
-
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -105,9 +104,10 @@ def open_gguf(path: str | Path):
     except ValueError as e:
         msg = str(e)
         if "GGMLQuantizationType" in msg:
-            type_id = msg.split()[0]
-            raise GGUFError(f"{path}: unknown tensor type id {type_id}: the gguf package {gguf.__version__} does "
-                            "not know it (a newer llama.cpp type?); upgrade the gguf package, or convert the file "
+            found = re.findall(r"\d+", msg.split(" is not")[0])  # "np.uint32(250) is not a valid ..."
+            type_id = found[-1] if found else msg.split()[0]
+            raise GGUFError(f"{path}: unknown tensor type id {type_id}: the gguf package does not know it (a newer "
+                            "llama.cpp type?); upgrade the gguf package, or convert the file "
                             "with a type acik reads (Q8_0, Q4_K, Q4_0, F16...)") from None
         raise GGUFError(f"{path}: truncated or corrupt GGUF ({msg}); download the file again") from None
     except (IndexError, OSError, EOFError, KeyError, OverflowError) as e:
@@ -316,9 +316,7 @@ def holding(type_name: str, role: str, dequantize: bool) -> str:
         return "float"
     if role == "experts":
         return "mxfp4" if type_name == "MXFP4" else "float"
-    if role == "embedding":
-        if not _quant_embedding_available():
-            return "float"
+    if role == "embedding":  # QuantEmbedding: int8 blocks of 32, which a tied head shares
         return "int8" if type_name == "Q8_0" else "int8-requant"
     if type_name in _EXACT_INT4:
         return "int4"
@@ -334,12 +332,6 @@ def _bits(type_name: str) -> float:
 
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
     return 8 * size / block
-
-
-def _quant_embedding_available() -> bool:
-    from acik.quant import linear
-
-    return hasattr(linear, "QuantEmbedding")
 
 
 def _role(module_name: str, param: str, shape: tuple[int, ...]) -> str:
@@ -412,6 +404,7 @@ def load_gguf(path: str | Path, *, device: str | torch.device | None = "cpu",
     float type, bfloat16 for quantized files)."""
     from acik.devices import resolve_device, resolve_dtype
     from acik.model import Transformer
+    from acik.quant.embedding import QuantEmbedding
 
     path = Path(path)
     reader = open_gguf(path)
@@ -441,9 +434,13 @@ def load_gguf(path: str | Path, *, device: str | torch.device | None = "cpu",
         model = Transformer(config)
     q4_0 = {plan[n][0] for n, t in tensors.items() if _type_name(t) == "Q4_0"}
     for name, (module, param, how) in plan.items():
-        if how != "float" and _role(module, param, _shape(tensors[name])) == "linear":
+        role = _role(module, param, _shape(tensors[name]))
+        if how != "float" and role in ("linear", "embedding"):
             parent, _, attr = module.rpartition(".")
-            setattr(model.get_submodule(parent), attr, _skeleton(model.get_submodule(module), how, module in q4_0))
+            old = model.get_submodule(module)
+            new = QuantEmbedding(old.num_embeddings, old.embedding_dim, gt.INT8_GROUP, dtype, device="meta") \
+                if role == "embedding" else _skeleton(old, how, module in q4_0)
+            setattr(model.get_submodule(parent), attr, new)
 
     state: dict[str, torch.Tensor] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}  # experts: gate and up are stored apart, acik fuses them
@@ -452,7 +449,7 @@ def load_gguf(path: str | Path, *, device: str | torch.device | None = "cpu",
         if param in _EXPERTS:
             _expert(state, pending, t, module, param, how, dtype)
             continue
-        if how == "float" or _role(module, param, _shape(t)) != "linear":
+        if how == "float" or _role(module, param, _shape(t)) not in ("linear", "embedding"):
             values = {param: _float(t, dtype)}
         else:
             values = _quantized(t, how, dtype)
@@ -471,7 +468,8 @@ def load_gguf(path: str | Path, *, device: str | torch.device | None = "cpu",
 def _fill(model: nn.Module, config: ModelConfig, state: dict[str, torch.Tensor], device: torch.device,
           path: Path) -> None:
     """Put `state` into the meta-device skeleton, checking that every tensor has a place and the right shape."""
-    from acik.quant.linear import QuantLinear
+    from acik.quant.embedding import QuantEmbedding
+    from acik.quant.linear import Int8Linear, QuantLinear
 
     tied = config.tie_word_embeddings
     expected = {k for k in model.state_dict() if not k.endswith("rotary_emb.inv_freq")}
@@ -490,7 +488,9 @@ def _fill(model: nn.Module, config: ModelConfig, state: dict[str, torch.Tensor],
     for m in model.modules():
         if isinstance(m, QuantLinear) and m.bias is not None:
             m.bias.requires_grad_(False)
-    if tied:
+    if tied and isinstance(model.model.embed_tokens, QuantEmbedding):  # the head reads the same int8 table
+        model.lm_head = Int8Linear.tied_to(model.model.embed_tokens)
+    elif tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb = type(model.model.rotary_emb)(config).to(device)
 
@@ -523,6 +523,7 @@ def _expert(state: dict, pending: dict, t, module: str, param: str, how: str, dt
 
 _HOLDING_TEXT = {
     "float": "float (model dtype)", "int4": "int4 g32, kept packed (exact)",
+    "int8-embedding": "int8 blocks of 32, kept packed (exact); a tied head reads it",
     "int4-requant": "re-quantized to int4 g32 at load", "int8": "int8 blocks of 32, kept packed (exact)",
     "int8-requant": "re-quantized to int8 blocks of 32 at load", "mxfp4": "MXFP4, kept packed (exact)",
 }
@@ -544,7 +545,11 @@ def describe_gguf(path: str | Path) -> list[str]:
         row["weights"] += int(t.n_elements)
         row["bytes"] += int(t.n_bytes)
         if target is not None:
-            row["holds"].add(_HOLDING_TEXT[holding(kind, _role(*target, _shape(t)), False)])
+            role = _role(*target, _shape(t))
+            how = holding(kind, role, False)
+            tied = "output.weight" not in {x.name for x in reader.tensors}
+            row["holds"].add(_HOLDING_TEXT["int8-embedding" if role == "embedding" and how == "int8" and tied
+                                           else how])
     lines = [f"gguf:          {arch}, {len(reader.tensors)} tensors, {path.stat().st_size / 1024**2:.1f} MiB"]
     for kind, row in sorted(rows.items(), key=lambda kv: -kv[1]["bytes"]):
         bits = 8 * row["bytes"] / max(row["weights"], 1)
