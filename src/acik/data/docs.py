@@ -270,9 +270,11 @@ def summary_text(summary: dict) -> str:
     if summary.get("tokens_train") or summary.get("tokens_val"):
         lines.append(f"  tokens: {summary['tokens_train']:,} train, {summary['tokens_val']:,} validation")
         if not summary.get("tokens_val"):
+            # Whole documents go to validation, so a handful of documents needs a large fraction.
+            frac = round(min(0.5, max(0.1, 3 / max(1, summary["documents_kept"]))), 2)
             lines.append(
                 "  no validation tokens (too few documents for tokenize.val_fraction); training needs some: "
-                f"acik data tokenize {summary.get('out') or 'DATA_DIR'} --set tokenize.val_fraction=0.1"
+                f"acik data tokenize {summary.get('out') or 'DATA_DIR'} --set tokenize.val_fraction={frac}"
             )
     if summary.get("out"):
         lines.append(f"  written to {summary['out']} (what was removed and why: {summary['out']}/DATA_CARD.md)")

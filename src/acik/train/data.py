@@ -123,7 +123,8 @@ def _load_data_dir(path: Path, tok: Path | None) -> TokenData:
     if len(val) == 0:
         raise DataError(f"--data {path}: the 'val' split is empty; validation needs held-out tokens: raise "
                         f"the data's validation fraction with `acik data tokenize {path} --set "
-                        "tokenize.val_fraction=0.1`")
+                        "tokenize.val_fraction=0.1` (whole documents go to validation: with only a few "
+                        "documents, use more)")
     parents = [_dir_parent(path, "data")]
     vocab = int(sidecar.get("vocab_size") or _vocab_size(tok))
     return TokenData(np.asarray(train), np.asarray(val), tok, path, parents, vocab)
