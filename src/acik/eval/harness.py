@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,24 +109,46 @@ def evaluate(model_dir: str | Path | None = None, tasks: list[str] = ("ppl",), *
              data_dir: str | Path | None = None, text: str | Path | None = None, limit: int | None = None,
              seed: int = 0, shots: int = 0, api: str | None = None, model_name: str | None = None,
              api_key: str | None = None, tokenizer_dir: str | Path | None = None,
-             batch_size: int = 8) -> dict[str, Any]:
-    """Run `tasks` on a model directory (or a loaded `llm`, or a server at `api`); returns a results dict."""
+             batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+    """Run `tasks` on a model directory (or a loaded `llm`, or a server at `api`); returns a results dict.
+    `progress` shows a bar per task on stderr (tokens scored, tokens/s, time left)."""
     from acik.loader import load
     from acik.models import tokenizer_source
     from acik.tokenizer import load_tokenizer
 
     if llm is None and api is None:
         llm = load(model_dir, dtype="float32", optimize=True)  # scoring only runs forward
+    bar = None  # the current task's progress bar, if `progress`
+
+    def tick(n_tokens: int) -> None:
+        if bar is not None:
+            bar.update(n_tokens)
+
+    def open_bar(total: int) -> None:
+        nonlocal bar
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc=task, unit="tok", unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+
+    def close_bar() -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+
     if api is not None:
         tokenizer = load_tokenizer(tokenizer_source(tokenizer_dir or model_dir))
 
         def scorer(pairs):
-            return api_loglikelihoods(api, model_name or "default", pairs, api_key)
+            open_bar(sum(len(c) + len(x) for c, x in pairs))
+            return api_loglikelihoods(api, model_name or "default", pairs, api_key, progress=tick)
     else:
         tokenizer = llm.tokenizer
 
         def scorer(pairs):
-            return loglikelihoods(llm.model, pairs, batch_size=batch_size)
+            open_bar(sum(len(c) + len(x) for c, x in pairs))
+            return loglikelihoods(llm.model, pairs, batch_size=batch_size, progress=tick)
 
     results: dict[str, Any] = {"model": str(model_dir or api), "seed": seed, "shots": shots, "tasks": {}}
     for task in tasks:
@@ -138,13 +161,16 @@ def evaluate(model_dir: str | Path | None = None, tasks: list[str] = ("ppl",), *
             ids = tokenizer.encode(raw, add_special_tokens=False)
             if limit:
                 ids = ids[:limit]
-            nll, ppl, count = perplexity(llm.model, ids)
+            open_bar(len(ids))
+            nll, ppl, count = perplexity(llm.model, ids, progress=tick)
+            close_bar()
             n_bytes = len(tokenizer.decode(ids).encode("utf-8"))
             results["tasks"]["ppl"] = {"nll": nll, "perplexity": ppl, "tokens": count,
                                        "bits_per_byte": nll * count / (n_bytes * 0.6931471805599453)}
         elif task in MC_TASKS or (data_dir and (Path(data_dir) / f"{task}.jsonl").exists()):
             docs = load_task(task, data_dir)[: limit or None]
             scored = score_multiple_choice(docs, tokenizer, scorer, shots=shots, seed=seed)
+            close_bar()
             scored.pop("loglikelihoods")
             results["tasks"][task] = scored
         else:
@@ -170,7 +196,7 @@ def _cmd_eval(args) -> int:
         raise ValueError("give a model directory, or --api URL --model NAME")
     results = evaluate(args.dir, tasks, data_dir=args.data_dir, text=args.text, limit=args.limit, seed=args.seed,
                        shots=args.shots, api=args.api, model_name=args.model, api_key=args.api_key,
-                       tokenizer_dir=args.tokenizer, batch_size=args.batch_size)
+                       tokenizer_dir=args.tokenizer, batch_size=args.batch_size, progress=not args.quiet)
     print(format_table(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
@@ -187,7 +213,10 @@ def add_cli(sub) -> None:
     p.add_argument("--limit", type=int, help="first N documents per task (ppl: first N tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed that picks the few-shot examples (default 0)")
     p.add_argument("--shots", type=int, default=0, help="solved examples put before each question (default 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="sequences scored per forward pass; a question's choices share one pass over its context "
+                   "(default 8)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     p.add_argument("--api", help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", help="model name at --api")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
