@@ -113,7 +113,16 @@ class Transformer(nn.Module):
         return logits
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        """The model's weights, each counted once (a tied head is the embedding); quantized layers count as the
+        float weights they stand for, so a 4-bit model has as many parameters as its float original."""
+        counted = {id(p): p.numel() for p in self.parameters()}
+        for m in self.modules():
+            shape = getattr(m, "dense_shape", None)
+            if shape is not None:  # acik.quant's layers: key on their stored table, which a tied head shares
+                table = next(iter(m.buffers(recurse=False)), None)
+                key = id(m) if table is None or table.is_meta else ("table", table.data_ptr())
+                counted[key] = shape[0] * shape[1]
+        return sum(counted.values())
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

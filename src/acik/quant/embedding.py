@@ -33,6 +33,11 @@ class QuantEmbedding(nn.Module):
         self.register_buffer("weight_scale", torch.ones(num_embeddings, embedding_dim // group_size,
                                                         dtype=torch.float16, device=device))
 
+    @property
+    def dense_shape(self) -> tuple[int, int]:
+        """The float table this one stands for (`Transformer.num_parameters` counts it)."""
+        return self.num_embeddings, self.embedding_dim
+
     @classmethod
     def from_blocks(cls, codes: torch.Tensor, scales: torch.Tensor,
                     dtype: torch.dtype = torch.float32) -> QuantEmbedding:

@@ -62,6 +62,11 @@ class QuantLinear(nn.Module):
         # The base is frozen: LoRA trains adapters beside it, never its weights or bias.
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
 
+    @property
+    def dense_shape(self) -> tuple[int, int]:
+        """The float weight this layer stands for (`Transformer.num_parameters` counts it)."""
+        return self.out_features, self.in_features
+
     def _fill(self, linear: nn.Linear, **buffers: torch.Tensor) -> QuantLinear:
         for name, value in buffers.items():
             setattr(self, name, value.to(linear.weight.device))
