@@ -1,7 +1,8 @@
 """The data stage: raw documents in; filtered, deduplicated, tokenized corpus with a data card out.
 
 `acik.data.run(inputs, out_dir, recipe=None, tokenizer=None, executor="local", workers=None)`
-runs it; `acik.data.shards.load_tokens(dir, split)` is what pretraining reads.
+runs it (recipe None: each file by its kind, `docs` or `web`; see `acik.data.docs`);
+`acik.data.shards.load_tokens(dir, split)` is what pretraining reads.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ def run(
     )
 
 
-def tokenize(data_dir, tokenizer=None) -> dict:
-    """Re-tokenize a data directory's kept documents; see `acik.data.runner.retokenize`."""
+def tokenize(data_dir, tokenizer=None, overrides: list[str] | None = None) -> dict:
+    """Re-tokenize a data directory's kept documents (tokenizer None: the one it has; `overrides` such as
+    "tokenize.val_fraction=0.1"); see `acik.data.runner.retokenize`."""
     from acik.data.runner import retokenize
 
-    return retokenize(data_dir, tokenizer)
+    return retokenize(data_dir, tokenizer, overrides=overrides)
 
 
 __all__ = ["run", "tokenize"]

@@ -22,6 +22,7 @@ import numpy as np
 import zstandard
 
 from acik.data import decontam, dedup, docs, filters, langid, pii
+from acik.data.executors import execute as _execute
 from acik.data.extract import html_to_text
 from acik.data.licenses import allowed, normalize_license
 from acik.data.recipe import DataRecipe, PIIConfig, load_data_recipe
@@ -256,56 +257,6 @@ def check_conservation(card: dict) -> None:
             f"conservation check failed: {card['documents_in']} documents in, but {card['documents_kept']} "
             f"kept + {dropped} dropped + {card['documents_quarantined']} quarantined = {total}"
         )
-
-
-# --- executors ----------------------------------------------------------------------------------
-
-
-def _execute(pending: list[dict], recipe_dicts: dict[str, dict], work: Path, executor: str, workers: int) -> None:
-    """Run each pending task with the recipe it names (`task["recipe"]`, a key of `recipe_dicts`)."""
-    if not pending:
-        return
-    jobs = [(t, recipe_dicts[t["recipe"]]) for t in pending]
-    if executor == "ray":
-        _execute_ray(jobs, work, workers)
-    elif executor != "local":
-        raise ValueError(f"executor {executor!r}: expected 'local' or 'ray'")
-    elif workers <= 1 or len(pending) == 1:
-        for task, recipe_dict in jobs:
-            run_task(task, recipe_dict, str(work))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn, not fork: the parent may hold threads (tokenizers, torch) that fork would copy mid-state.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx) as pool:
-            futures = [pool.submit(run_task, t, r, str(work)) for t, r in jobs]
-            for f in futures:
-                f.result()
-
-
-def _execute_ray(jobs: list[tuple[dict, dict]], work: Path, workers: int) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError("--executor ray needs Ray: pip install 'acik[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        src = str(Path(__file__).resolve().parents[2])
-        ray.init(
-            num_cpus=workers,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"PYTHONPATH": src}},
-        )
-        started = True
-    try:
-        remote = ray.remote(run_task)
-        ray.get([remote.remote(t, r, str(work)) for t, r in jobs])
-    finally:
-        if started:
-            ray.shutdown()
 
 
 # --- the whole run ------------------------------------------------------------------------------
