@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import textwrap
 from pathlib import Path
 
@@ -145,8 +146,6 @@ def test_a_folder_of_markdown_keeps_its_documents_and_web_inputs_keep_web_rules(
 
 
 def test_low_yield_run_says_which_rules_to_relax(tmp_path, capsys):
-    from acik.data import docs
-
     folder = tmp_path / "notes"
     write_markdown_folder(folder, n=6, seed=3)
     out = tmp_path / "web"
@@ -163,8 +162,7 @@ def test_low_yield_run_says_which_rules_to_relax(tmp_path, capsys):
     assert "--set c4.curly_bracket=false" in err or "--set c4.drop_lines_without_terminal_punct=false" in err
     assert "--recipe docs" in err
     # Sizes for people: KB under a MB.
-    assert " KB in, " in err and docs.size(999) == "999 B" and docs.size(12_345) == "12.3 KB"
-    assert docs.size(2_500_000) == "2.5 MB"
+    assert re.search(r"; \d+(\.\d+)? KB in, \d+(\.\d+)? K?B kept \(\d+%\)", err), err
     assert rc in (0, 1)  # 1 only when nothing at all was kept
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from acik import fmt
 from acik.data.recipe import DEFAULT_RECIPE, DOCS_RECIPE, DataRecipe, load_data_recipe
 
 BUILTIN = {"web": DEFAULT_RECIPE, "docs": DOCS_RECIPE}
@@ -229,18 +230,8 @@ def low_yield(card: dict) -> dict | None:
     }
 
 
-def size(n: int) -> str:
-    """Bytes for people: B under a KB, KB under a MB, then MB and GB (powers of 1000)."""
-    if n < 1000:
-        return f"{n} B"
-    for unit, scale in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9)):
-        if n < scale * 1000 or unit == "GB":
-            return f"{n / scale:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
 def _count(n: int, noun: str) -> str:
-    return "" if not n else f"{n:,} {noun}" + ("" if n == 1 else "s")
+    return fmt.count(n, noun) if n else ""
 
 
 def hint_text(hint: dict) -> str:
@@ -249,7 +240,7 @@ def hint_text(hint: dict) -> str:
         what = ", ".join(
             x for x in (_count(r["documents"], "document"), _count(r["lines"], "line")) if x
         )
-        lines.append(f"  {r['rule']}: {size(r['bytes'])}{f' ({what})' if what else ''}; relax: {r['relax']}")
+        lines.append(f"  {r['rule']}: {fmt.size(r['bytes'])}{f' ({what})' if what else ''}; relax: {r['relax']}")
     if hint["suggest_docs_recipe"]:
         lines.append("  if these are documents rather than web pages: --recipe docs")
     return "\n".join(lines)
@@ -263,7 +254,7 @@ def summary_text(summary: dict) -> str:
     lines = [
         f"data: {summary['documents_in']} documents read, {summary['documents_kept']} kept, "
         f"{summary['documents_dropped']} dropped, {summary['documents_quarantined']} quarantined; "
-        f"{size(bytes_in)} in, {size(bytes_kept)} kept{share}",
+        f"{fmt.size(bytes_in)} in, {fmt.size(bytes_kept)} kept{share}",
     ]
     if recipes:
         lines.append(f"  recipes: {recipes}")
