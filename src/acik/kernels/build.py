@@ -3,8 +3,10 @@
 A kernel is compiled with the C compiler `torch.compile` also needs on CPU (`$CC`, else `cc`), for this CPU
 (`-march=native`), and cached under `$XDG_CACHE_HOME/acik/kernels` (~/.cache). It links the OpenMP runtime
 torch loaded, so the kernels and torch share one pool of worker threads (two pools on two cores slow every
-parallel region down: acik.engine.openmp). Where it cannot be built (no compiler, not Linux x86-64, torch
-without OpenMP) or `ACIK_CPU_KERNELS=0`, `load` returns None and the callers use PyTorch's operators.
+parallel region down: acik.engine.openmp). Where it is not meant to run (not Linux x86-64, torch without
+OpenMP) or `ACIK_CPU_KERNELS=0`, `compile_library` returns None and the callers use PyTorch's operators. Where
+it should run but cannot be built (its source missing from an install, no compiler, a compile error), it says
+so once with a `KernelUnavailableWarning` and returns None: slower, never a crash.
 `ACIK_CPU_KERNEL_MARCH` overrides `-march` (the tests build the AVX2 paths this way).
 """
 
@@ -19,12 +21,23 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
+
+
+class KernelUnavailableWarning(RuntimeWarning):
+    """One of acik's C kernels could not be built here; PyTorch's (slower) operators run instead."""
+
+
+def _unavailable(name: str, why: str) -> None:
+    warnings.warn(f"acik's {name} kernel is unavailable ({why}); using PyTorch's operators instead, which is "
+                  "slower. Set ACIK_CPU_KERNELS=0 to choose that and silence this warning.",
+                  KernelUnavailableWarning, stacklevel=3)
 
 
 def _openmp_runtime() -> tuple[str, str] | None:
@@ -64,11 +77,16 @@ def compile_library(name: str, march: str) -> ctypes.CDLL | None:
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     source = HERE / f"{name}.c"
+    try:
+        code = source.read_bytes()
+    except OSError as err:  # an install that left the C sources out of its package data
+        _unavailable(name, f"its source {source} cannot be read: {err.strerror or err}")
+        return None
     # One build per source, flags and CPU: -march=native compiles for the machine it runs on (its model and
     # instruction-set flags, not the lines of /proc/cpuinfo that change while it runs, like its clock).
     key = hashlib.sha256()
-    key.update(source.read_bytes())
-    key.update(" ".join(_command(source, march, "")).encode())
+    key.update(code)
+    key.update(" ".join(_command(Path(source.name), march, "")).encode())  # not its folder: installs share builds
     if march == "native" and os.path.exists("/proc/cpuinfo"):
         first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
         key.update("\n".join(line for line in first if line.startswith(("model name", "flags"))).encode())
@@ -84,16 +102,22 @@ def compile_library(name: str, march: str) -> ctypes.CDLL | None:
         tmp = tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False).name
         try:
             result = subprocess.run(_command(source, march, tmp), capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as err:
+        except (OSError, subprocess.TimeoutExpired) as err:  # no compiler ($CC), or a hung one
             os.unlink(tmp)
-            log.info("acik's %s kernel not built (%s); using PyTorch's operators", name, err)
+            _unavailable(name, f"the C compiler could not run: {err}; install one (gcc) or set $CC")
             return None
         if result.returncode != 0:
             os.unlink(tmp)
-            log.info("acik's %s kernel not built; using PyTorch's operators:\n%s", name, result.stderr[-2000:])
+            log.debug("acik's %s kernel build failed:\n%s", name, result.stderr[-2000:])
+            _unavailable(name, f"{_command(source, march, tmp)[0]} failed to compile {source.name}: "
+                               f"{result.stderr.strip()[-300:] or f'exit code {result.returncode}'}")
             return None
         os.replace(tmp, path)  # atomic: a concurrent build or reader sees a whole file or none
         for stale in path.parent.glob(f"{prefix}*.so"):  # earlier sources' builds for this -march
             if stale != path:
                 stale.unlink(missing_ok=True)
-    return ctypes.CDLL(str(path))
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as err:  # a damaged cache entry, or the OpenMP runtime it links has moved
+        _unavailable(name, f"{path} does not load: {err}; delete it to rebuild")
+        return None
