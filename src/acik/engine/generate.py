@@ -19,9 +19,9 @@ SAMPLING_KEYS = tuple(f.name for f in fields(Request) if f.name not in ("prompt_
 
 
 def get_engine(llm, **kwargs: Any) -> Engine:
-    """The LLM's shared engine (created on first use; options apply only then)."""
+    """The LLM's shared engine (created on first use, and anew after `close()`; options apply only then)."""
     engine = getattr(llm, "_engine", None)
-    if engine is None:
+    if engine is None or engine.closed:
         engine = llm._engine = Engine(llm, **kwargs)
     return engine
 
