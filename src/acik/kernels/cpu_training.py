@@ -18,13 +18,13 @@ where it cannot be built, `supports` is False and the model runs PyTorch's opera
 from __future__ import annotations
 
 import ctypes
+import sys
 
 import torch
 
 from acik.kernels import build
 
 
-@torch.compiler.disable  # a build is no graph: torch.compile calls it as is
 def _load(march: str) -> ctypes.CDLL | None:
     lib = build.compile_library("cpu_training", march)
     if lib is None:
@@ -56,7 +56,10 @@ def library() -> ctypes.CDLL | None:
         return None
     march = build.march()
     if march not in _LOADED:
-        _LOADED[march] = _load(march)
+        load = _load
+        if "torch._dynamo" in sys.modules:  # a build is no graph: torch.compile calls it as is
+            load = torch.compiler.disable(_load)  # (applied here: importing dynamo costs every start ~1 s)
+        _LOADED[march] = load(march)
     return _LOADED[march]
 
 
