@@ -26,6 +26,12 @@ def get_engine(llm, **kwargs: Any) -> Engine:
     return engine
 
 
+def _defaults(llm, chat: bool) -> dict[str, Any]:
+    """The model's sampling defaults, else acik's (`LLM.sampling_defaults`); {} for a stand-in without them."""
+    method = getattr(llm, "sampling_defaults", None)
+    return method(chat=chat) if method else {}
+
+
 def _request(ids: list[int], sampling: dict[str, Any]) -> Request:
     unknown = set(sampling) - set(SAMPLING_KEYS)
     if unknown:
@@ -60,6 +66,7 @@ def generate(llm, prompt, stream: bool = False, **sampling: Any):
     prompts = prompt if batch else [prompt]
     if stream and batch:
         raise ValueError("stream=True takes one prompt, not a batch")
+    sampling = {**_defaults(llm, chat=False), **sampling}
     engine = get_engine(llm)
     handles = []
     for p in prompts:
@@ -108,6 +115,7 @@ def chat_ids(llm, messages: list[dict], truncation: str | None, max_new_tokens: 
 def chat(llm, messages: list[dict], stream: bool = False, truncation: str | None = None, **sampling: Any):
     """See `LLM.chat`."""
     tok = llm.tokenizer
+    sampling = {**_defaults(llm, chat=True), **sampling}
     if sampling.get("truncate") and truncation is None:  # the engine keeps the prompt's last tokens, whatever they are
         ids = chat_prompt_ids(llm, messages)
     else:

@@ -56,6 +56,9 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
     owned_by: str = "acik"
+    # Sampling options for fields a request leaves out (`LLM.sampling_defaults`): chat, and plain completions.
+    chat_defaults: dict = field(default_factory=dict)
+    completion_defaults: dict = field(default_factory=dict)
 
 
 class _State:
@@ -318,19 +321,25 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         return room if requested is None else min(requested, room)
 
     def engine_request(body: Any, prompt_ids: list[int], max_new: int, logprobs: int | None,
-                       prompt_logprobs: bool = False, skip_special_tokens: bool = True) -> Any:
+                       prompt_logprobs: bool = False, skip_special_tokens: bool = True, chat: bool = False) -> Any:
         from acik.engine import Request as EngineRequest
 
+        defaults = config.chat_defaults if chat else config.completion_defaults
+
+        def pick(name: str, fallback: Any) -> Any:  # the request's value, else the model's or acik's default
+            value = getattr(body, name)
+            return defaults.get(name, fallback) if value is None else value
+
         seed = None if body.seed is None else body.seed % (2**63)
-        temperature = 1.0 if body.temperature is None else body.temperature
+        temperature = pick("temperature", 1.0)
         if temperature < 1e-5:  # logits / 1e-30 overflow to inf; below this it is greedy anyway (as vLLM does)
             temperature = 0.0
-        top_k = body.top_k if body.top_k is not None and body.top_k > 0 else 0
+        top_k = pick("top_k", 0) or 0
         return EngineRequest(
             prompt_ids=prompt_ids, max_new_tokens=max_new,
             temperature=temperature,
-            top_p=1.0 if body.top_p is None else body.top_p, top_k=top_k,
-            min_p=body.min_p or 0.0, repetition_penalty=body.repetition_penalty or 1.0,
+            top_p=pick("top_p", 1.0), top_k=max(top_k, 0),
+            min_p=pick("min_p", 0.0) or 0.0, repetition_penalty=pick("repetition_penalty", 1.0) or 1.0,
             frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
             seed=seed, stop=_stop_list(body.stop), stop_token_ids=list(body.stop_token_ids or []),
             logprobs=logprobs is not None, top_logprobs=logprobs or 0, prompt_logprobs=prompt_logprobs,
@@ -385,7 +394,8 @@ def create_app(engine: Any, tokenizer: Any, config: ServerConfig) -> FastAPI:
         try:
             # Harmony's channel markers are special tokens; the parser needs to see them.
             harmony = bool(getattr(tokenizer, "is_harmony", False))
-            gen = _Generation(state, engine_request(body, prompt_ids, max_new, top, skip_special_tokens=not harmony),
+            gen = _Generation(state, engine_request(body, prompt_ids, max_new, top, skip_special_tokens=not harmony,
+                                                       chat=True),
                               request)
         except BaseException:
             state.in_flight -= 1
