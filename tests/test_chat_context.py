@@ -106,7 +106,7 @@ def test_piped_chat_answers_a_dozen_questions_in_a_256_token_context(model_dir, 
 
 def test_a_message_longer_than_the_context_is_refused_and_the_chat_goes_on(model_dir, prompts, tmp_path):
     import acik
-    from acik.engine.generate import chat_loop
+    from acik.engine.cli import chat_loop
 
     llm = acik.load(model_dir)
     save = tmp_path / "chat.json"

@@ -8,10 +8,10 @@ import torch
 
 from acik.cli import main
 from acik.config import preset
-from acik.engine.generate import chat_loop
-from acik.models import resolve
+from acik.engine.cli import chat_loop
 from acik.llm import LLM
 from acik.model.transformer import Transformer
+from acik.models import resolve
 from acik.tokenizer import save_byte_tokenizer
 
 

@@ -76,7 +76,7 @@ _STAGE_MODULES: list[str] = [
     "acik.train.finetune",  # finetune, lora
     "acik.quant.cli",  # quantize
     "acik.eval.harness",  # eval
-    "acik.engine.generate",  # generate, chat
+    "acik.engine.cli",  # generate, chat
     "acik.serve",  # serve
     "acik.cli",  # info, verify
     "acik.models",  # models, pull

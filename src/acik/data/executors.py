@@ -1,20 +1,23 @@
 """Where the data stage's tasks run: in this process, a local process pool, or on Ray. Each task is
-independent (`runner.run_task`): it reads its files and writes its results under the work directory."""
+independent (`acik.data.runner.run_task`): it reads its files and writes its results under the work directory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+Task = Callable[[dict, dict, str], dict]  # (task, recipe dict, work directory) -> statistics
 
-def execute(pending: list[dict], recipe_dicts: dict[str, dict], work: Path, executor: str, workers: int) -> None:
-    """Run each pending task with the recipe it names (`task["recipe"]`, a key of `recipe_dicts`)."""
+
+def execute(run_task: Task, pending: list[dict], recipe_dicts: dict[str, dict], work: Path, executor: str,
+            workers: int) -> None:
+    """Run `run_task` on each pending task with the recipe it names (`task["recipe"]`, a key of `recipe_dicts`).
+    `run_task` must be a module-level function: process pools and Ray ship it to other processes by name."""
     if not pending:
         return
-    from acik.data.runner import run_task
-
     jobs = [(t, recipe_dicts[t["recipe"]]) for t in pending]
     if executor == "ray":
-        _execute_ray(jobs, work, workers)
+        _execute_ray(run_task, jobs, work, workers)
     elif executor != "local":
         raise ValueError(f"executor {executor!r}: expected 'local' or 'ray'")
     elif workers <= 1 or len(pending) == 1:
@@ -32,9 +35,7 @@ def execute(pending: list[dict], recipe_dicts: dict[str, dict], work: Path, exec
                 f.result()
 
 
-def _execute_ray(jobs: list[tuple[dict, dict]], work: Path, workers: int) -> None:
-    from acik.data.runner import run_task
-
+def _execute_ray(run_task: Task, jobs: list[tuple[dict, dict]], work: Path, workers: int) -> None:
     try:
         import ray
     except ImportError:

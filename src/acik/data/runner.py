@@ -335,7 +335,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     work = _prepare_work(out, tasks, recipe, recipe_dicts)
     pending = [t for t in tasks if not (work / "tasks" / f"{t['task_id']}.stats.json").exists()]
-    _execute(pending, recipe_dicts, work, executor, workers)
+    _execute(run_task, pending, recipe_dicts, work, executor, workers)
 
     task_stats = [json.loads((work / "tasks" / f"{t['task_id']}.stats.json").read_text()) for t in tasks]
     for s in task_stats:

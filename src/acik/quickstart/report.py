@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from acik import fmt
-from acik.quickstart.pipeline import MODEL_STAGES, STAGES, QuickstartRecipe
+from acik.quickstart.recipe import MODEL_STAGES, STAGES, QuickstartRecipe
 from acik.train.report import draw_loss, pyplot, read_metrics
 
 BASE = {"pretrain": None, "finetune": "pretrain", "int8": "finetune"}
