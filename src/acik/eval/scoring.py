@@ -129,7 +129,11 @@ def loglikelihoods(model: torch.nn.Module, pairs: list[Pair], batch_size: int = 
     can_share = share_contexts and hasattr(model, "lm_head") and hasattr(model, "model")
     for context, idx in by_context.items():
         fits = all(len(context) + len(pairs[i][1]) <= max_length for i in idx)
-        if can_share and len(idx) > 1 and context and fits and len(idx) <= batch_size:
+        # Two passes (context, then choices) cost more per position than one: share only when the context
+        # positions saved outnumber the choices' (measured: PIQA's short goals and long solutions ran
+        # 0.9x shared, ARC 1.6x, BoolQ 2.6x; docs/evaluation.md).
+        pays = (len(idx) - 1) * len(context) >= sum(len(pairs[i][1]) for i in idx)
+        if can_share and len(idx) > 1 and context and fits and pays and len(idx) <= batch_size:
             shared.append(idx)
         else:
             plain.extend(idx)
