@@ -198,8 +198,6 @@ def test_optimized_model_matches_the_plain_one(dtype, kw):
     assert done["fused"] == 2 * MIXED["num_hidden_layers"]
     packed = sum(isinstance(m, PackedLinear) for m in fast.modules())
     assert packed == done["packed"] and (packed == 0 or packed == 4 * MIXED["num_hidden_layers"] + 1)
-    norms = 2 * MIXED["num_hidden_layers"] + 1 + (2 * MIXED["num_hidden_layers"] if kw.get("qk_norm") else 0)
-    assert done["norms"] == norms
     ids = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(1))
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     caches = [KVCache(m.config, num_slots=2, max_seq_len=16, chunk=9, dtype=dtype) for m in (plain, fast)]

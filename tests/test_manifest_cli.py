@@ -87,5 +87,5 @@ def test_info_command(tmp_path):
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "config.json: missing" in err and "Traceback" not in err
+    assert "not a model: it has no config.json" in err and "Traceback" not in err
 

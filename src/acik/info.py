@@ -25,15 +25,13 @@ def describe(reference: str | Path) -> str:
     from acik.models import resolve
 
     ref = resolve(reference)
-    if ref.kind == "gguf":
+    head = f"adapter:       {ref.path} (LoRA, on the base model below)\n" if ref.kind == "adapter" else ""
+    model = ref.model
+    if model.kind == "gguf":
         from acik.formats.gguf import describe_gguf
 
-        lines = [f"file:          {ref.path}"] + list(describe_gguf(ref.path))
-        return "\n".join(lines)
-    text = describe_directory(ref.model.path)
-    if ref.kind == "adapter":
-        text = f"adapter:       {ref.path} (LoRA, on the base model below)\n" + text
-    return text
+        return head + "\n".join([f"file:          {model.path}", *describe_gguf(model.path)])
+    return head + describe_directory(model.path)
 
 
 def describe_directory(directory: Path) -> str:

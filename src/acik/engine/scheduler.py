@@ -179,7 +179,7 @@ class Engine:
         if self.tokenizer is not None:
             self.eos_ids |= set(self.tokenizer.stop_token_ids)
         param = next(self.model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = param.device, getattr(self.model, "compute_dtype", param.dtype)
         self.cache = KVCache(self.config, max_batch_size, self.max_seq_len, self.prefill_chunk,
                              dtype=self.dtype, device=self.device, whole_ring=compile)
         self._decode_fn = self._forward

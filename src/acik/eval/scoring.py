@@ -163,8 +163,9 @@ def loglikelihoods(model: torch.nn.Module, pairs: list[Pair], batch_size: int = 
 
 
 def api_loglikelihoods(base_url: str, model_name: str, pairs: list[Pair], api_key: str | None = None,
-                       timeout: float = 600.0) -> list[tuple[float, bool]]:
-    """The same scores from an OpenAI-compatible server (lm-evaluation-harness's request shape)."""
+                       timeout: float = 600.0, progress: Progress | None = None) -> list[tuple[float, bool]]:
+    """The same scores from an OpenAI-compatible server (lm-evaluation-harness's request shape). `progress` is
+    told each pair's tokens as its answer arrives."""
     out = []
     url = base_url.rstrip("/") + "/completions"
     for context, continuation in pairs:
@@ -181,6 +182,8 @@ def api_loglikelihoods(base_url: str, model_name: str, pairs: list[Pair], api_ke
         greedy = all(top is not None and max(top.values()) <= lp + 1e-6
                      for top, lp in zip(tops[-n:], token_lps))
         out.append((float(sum(token_lps)), greedy))
+        if progress is not None:
+            progress(len(context) + len(continuation))
     return out
 
 

@@ -112,6 +112,13 @@ class Transformer(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype activations flow in (the embedding's output), whatever the weights are stored in: a quantized
+        model holds int8 and fp16 tables, a LoRA adapter fp32 matrices."""
+        emb = self.model.embed_tokens
+        return getattr(emb, "dtype", None) or emb.weight.dtype
+
     def num_parameters(self) -> int:
         """The model's weights, each counted once (a tied head is the embedding); quantized layers count as the
         float weights they stand for, so a 4-bit model has as many parameters as its float original."""
