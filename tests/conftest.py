@@ -23,3 +23,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model_dir(tmp_path_factory) -> Path:
+    """A tiny random model with acik's byte tokenizer (eos = <|endoftext|>), saved as a model directory."""
+    from acik.config import preset
+    from acik.llm import LLM
+    from acik.model import Transformer
+    from acik.tokenizer import save_byte_tokenizer
+
+    d = tmp_path_factory.mktemp("model")
+    save_byte_tokenizer(d)
+    cfg = preset("tiny", max_position_embeddings=256, eos_token_id=256)
+    model = Transformer(cfg)
+    model.init_weights(0)
+    LLM(model, cfg, tokenizer_dir=d).save(d, command="test")
+    return d

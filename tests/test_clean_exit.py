@@ -13,10 +13,6 @@ from pathlib import Path
 import pytest
 
 import acik
-from acik.config import preset
-from acik.llm import LLM
-from acik.model.transformer import Transformer
-from acik.tokenizer import save_byte_tokenizer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -37,14 +33,8 @@ print("reply:", repr(reply))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("model")
-    save_byte_tokenizer(d)
-    cfg = preset("tiny", max_position_embeddings=256, eos_token_id=256)
-    model = Transformer(cfg)
-    model.init_weights(0)
-    LLM(model, cfg, tokenizer_dir=d).save(d, command="test")
-    return d
+def model_dir(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 def test_twenty_scripts_exit_cleanly(model_dir, tmp_path):

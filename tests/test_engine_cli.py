@@ -10,20 +10,13 @@ from acik.cli import main
 from acik.config import preset
 from acik.engine.cli import chat_loop
 from acik.llm import LLM
-from acik.model.transformer import Transformer
 from acik.models import resolve
 from acik.tokenizer import save_byte_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    save_byte_tokenizer(d)
-    cfg = preset("tiny", max_position_embeddings=256, eos_token_id=256)
-    model = Transformer(cfg)
-    model.init_weights(0)
-    LLM(model, cfg, tokenizer_dir=d).save(d, command="test")
-    return d
+def model_dir(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 def test_generate_command_is_greedy_and_reproducible(model_dir, capsys):
