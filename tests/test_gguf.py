@@ -469,3 +469,20 @@ def test_llama_cpp_converter(name, outtype, tmp_path, input_ids, conversion_env)
     with torch.no_grad():
         rel = ((ours - dense.model(input_ids)).norm() / expected.norm()).item()
     assert rel <= 1e-2, f"{name} q8_0: as stored vs dequantized, relative logit error {rel}"
+
+
+def test_bad_files_from_the_cli(tiny_file, tmp_path, capsys):
+    """Each bad file through the commands: one line naming the file and the problem, exit 2, no traceback."""
+    from acik.cli import main
+
+    data = tiny_file.read_bytes()
+    i = data.index(b"general.architecture") + len(b"general.architecture") + 4 + 8
+    bad = {"cut.gguf": (data[: len(data) // 2], "truncated or corrupt"),
+           "magic.gguf": (b"GGML" + data[4:], "not a GGUF file"),
+           "arch.gguf": (data[:i] + b"llamo" + data[i + 5:], "'llamo' is not supported")}
+    for name, (content, problem) in bad.items():
+        (tmp_path / name).write_bytes(content)
+        for command in (["info", str(tmp_path / name)], ["generate", str(tmp_path / name), "hi"]):
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert name in err and problem in err and "Traceback" not in err, (command, err)
