@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers as tf
 
+from acik.cli import main as cli_main
 from acik.formats import TokenizerError
 from acik.formats.gguf_tokenizer import write_gguf_tokenizer
 from acik.formats.gguf_vocab import pre_tokenizer_name
@@ -194,3 +195,74 @@ def test_refusals(tiny, tmp_path):
     finally:
         tiny["llm"].config.hidden_act = "silu"
     assert not (tmp_path / "x.gguf").exists()
+
+
+# --- acik convert --------------------------------------------------------------------------------
+
+def test_cli_to_gguf_writes_the_modelfile(tiny, capsys):
+    out, mf = tiny["root"] / "cli" / "tiny.gguf", tiny["root"] / "Modelfile"
+    assert cli_main(["convert", str(tiny["root"] / "hf"), "--to", "gguf", "--type", "q8_0", "--out", str(out),
+                     "--modelfile", str(mf)]) == 0
+    printed = capsys.readouterr().out
+    text = mf.read_text()
+    assert printed == text
+    assert f"FROM {out.resolve()}\n" in text
+    assert 'TEMPLATE """{{- if .System }}<|im_start|>system' in text
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text
+    assert "PARAMETER temperature 0.3\n" in text and "PARAMETER top_k 20\n" in text
+    assert gguf.GGUFReader(out).tensors[1].tensor_type.name == "Q8_0"
+
+
+def test_cli_gguf_to_hf_loads_in_transformers(tiny, tmp_path):
+    """f32 GGUF -> HF directory -> transformers gives the source model's logits; the manifest names the GGUF."""
+    from acik.formats.gguf_writer import sha256
+
+    src = tmp_path / "tiny.gguf"
+    write_gguf(tiny["llm"], src, "f32")
+    assert cli_main(["convert", str(src), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    diff = (hf_logits(model, tiny["ids"]) - tiny["expected"]).abs().max().item()
+    assert diff <= 1e-4, diff
+    manifest = json.loads((tmp_path / "hf" / "acik.json").read_text())
+    assert {"role": "source", "path": str(src), "sha256": sha256(src)} in manifest["parents"]
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert gen["top_k"] == 20 and gen["do_sample"] is True
+
+
+@pytest.mark.slow
+def test_shipped_gguf_to_hf_matches_transformers_gguf_loader(tmp_path):
+    path = shipped()
+    assert cli_main(["convert", str(path), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    ref = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    ours = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tok = tf.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([tok(" ".join(SAMPLES[:3]))["input_ids"]])
+    diff = (hf_logits(ours, ids) - hf_logits(ref, ids)).abs().max().item()
+    assert diff <= 1e-4, diff
+
+
+def test_cli_bad_input_exits_2(tiny, tmp_path, capsys):
+    from acik.tokenizer import save_byte_tokenizer
+
+    with pytest.raises(SystemExit) as e:  # argparse: usage and the valid types, no traceback
+        cli_main(["convert", str(tiny["root"] / "hf"), "--to", "gguf", "--type", "q5_k", "--out", "x.gguf"])
+    assert e.value.code == 2 and "invalid choice: 'q5_k'" in capsys.readouterr().err
+
+    plain = tmp_path / "byte-tokenizer"
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (plain / name).symlink_to(tiny["root"] / "hf" / name)
+    save_byte_tokenizer(plain)
+    assert cli_main(["convert", str(plain), "--to", "gguf", "--out", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "no llama.cpp pre-tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "x.gguf").exists()
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone"),
+                                                             "peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    assert cli_main(["convert", str(adapter), "--to", "gguf", "--out", str(tmp_path / "a.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "base model" in err and "not found" in err and "Traceback" not in err

@@ -75,6 +75,7 @@ _STAGE_MODULES: list[str] = [
     "acik.train.pretrain",  # train
     "acik.train.finetune",  # finetune, lora
     "acik.quant.cli",  # quantize
+    "acik.convert",  # convert
     "acik.eval.harness",  # eval
     "acik.engine.cli",  # generate, chat
     "acik.serve",  # serve
