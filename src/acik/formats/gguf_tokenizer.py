@@ -93,12 +93,12 @@ _SPM_DEFAULT_IDS = {"bos_token": 1, "eos_token": 2, "unk_token": 0}
 
 
 def _open(path: Path) -> Any:
-    from gguf import GGUFReader
+    from acik.formats.gguf import _reader_class  # gguf.GGUFReader, 3x faster on a large vocabulary
 
     if not path.is_file():
         raise TokenizerError(f"{path}: no such GGUF file.")
     try:
-        return GGUFReader(str(path))
+        return _reader_class()(str(path))
     except Exception as e:  # the reader raises ValueError/IndexError/struct errors on bad files
         raise TokenizerError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}).") from None
 
