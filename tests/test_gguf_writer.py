@@ -289,3 +289,65 @@ def test_cli_bad_input_exits_2(tiny, tmp_path, capsys):
     assert cli_main(["convert", str(adapter), "--to", "gguf", "--out", str(tmp_path / "a.gguf")]) == 2
     err = capsys.readouterr().err
     assert "base model" in err and "not found" in err and "Traceback" not in err
+
+
+# --- LoRA adapters -------------------------------------------------------------------------------
+
+def test_lora_adapter_to_gguf(tiny, tmp_path, capsys):
+    """An rsLoRA adapter on every linear layer and the (untied) head -> llama.cpp's adapter GGUF: its names, shapes
+    (A [r, in], B [out, r]) and alpha are llama.cpp's, and llama.cpp's arithmetic W + (alpha / r) B A on the base
+    GGUF's tensors gives acik's adapted weights once the Q/K rows are put back in acik's order."""
+    from acik.formats.gguf_lora import apply_lora_gguf, read_lora_gguf
+    from acik.formats.gguf_tensors import unpermute_rows
+    from acik.formats.gguf_writer import gguf_name
+    from acik.train.lora import apply_lora, lora_layers, save_adapter
+
+    base_dir = tiny["root"] / "hf"
+    model = load(base_dir, dtype="float32").model
+    names = apply_lora(model, "all-linear", r=4, alpha=8, use_rslora=True) + apply_lora(model, "lm_head", r=4,
+                                                                                         alpha=8, use_rslora=True)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=gen) * 0.1)
+    adapter = save_adapter(model, tmp_path / "adapter", base_model=str(base_dir), use_rslora=True)
+    out, mf = tmp_path / "adapter.gguf", tmp_path / "Modelfile"
+    assert cli_main(["convert", str(adapter), "--to", "gguf", "--out", str(out), "--modelfile", str(mf)]) == 0
+    assert "rank 4, alpha 16" in capsys.readouterr().err  # rsLoRA: 8 / sqrt(4) = 16 / 4
+    text = mf.read_text()
+    assert f"ADAPTER {out.resolve()}\n" in text and "FROM " in text
+
+    got = read_lora_gguf(out)
+    assert got["alpha"] == 16.0 and got["architecture"] == "llama"
+    cfg = tiny["llm"].config
+    expect = {gguf_name(f"{n}.weight", "llama") + s for n in names for s in (".lora_a", ".lora_b")}
+    assert set(got["tensors"]) == expect and "blk.0.attn_q.weight.lora_a" in expect
+    layers = lora_layers(model)
+    for n, layer in layers.items():
+        stem = gguf_name(f"{n}.weight", "llama")
+        assert got["tensors"][stem + ".lora_a"].shape == (4, layer.in_features)
+        assert got["tensors"][stem + ".lora_b"].shape == (layer.out_features, 4)
+
+    base_gguf = tmp_path / "base.gguf"
+    write_gguf(tiny["llm"], base_gguf, "f32")
+    base = open_gguf(base_gguf)
+    weights = {t.name: torch.from_numpy(t.data.copy()).reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
+               for t in base.tensors}
+    merged = apply_lora_gguf(weights, got)
+    for n, layer in layers.items():
+        w = merged[gguf_name(f"{n}.weight", "llama")]
+        short = n.rsplit(".", 1)[-1]
+        if short in ("q_proj", "k_proj"):
+            w = w[unpermute_rows(w.shape[0], cfg.num_attention_heads if short == "q_proj" else cfg.num_key_value_heads)]
+        want = layer.base_layer.weight.detach() + layer.delta_weight().detach()
+        assert torch.allclose(w, want, atol=1e-5), n
+        assert (layer.delta_weight().abs().max() > 1e-2), n  # the adapter moves the weight
+
+
+def test_lora_adapter_refusals(tiny, tmp_path):
+    from acik.formats.gguf_lora import write_lora_gguf
+
+    with pytest.raises(GGUFWriteError, match="adapters in float"):
+        write_lora_gguf(tiny["llm"], tmp_path / "a.gguf", "q8_0")
+    with pytest.raises(GGUFWriteError, match="no LoRA layers"):
+        write_lora_gguf(tiny["llm"], tmp_path / "a.gguf")

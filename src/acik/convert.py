@@ -68,11 +68,17 @@ def default_system(tokenizer) -> str | None:
     return rest[:cut] if cut > 0 else None
 
 
-def modelfile(llm, gguf_path: str | Path) -> str:
-    """An Ollama Modelfile for `gguf_path` written from `llm`: FROM, TEMPLATE, SYSTEM, stop tokens, sampling."""
+def modelfile(llm, gguf_path: str | Path, adapter: str | Path | None = None) -> str:
+    """An Ollama Modelfile for `gguf_path` written from `llm`: FROM, TEMPLATE, SYSTEM, stop tokens, sampling; with
+    `adapter` (a LoRA GGUF), `gguf_path` is the base model's GGUF and an ADAPTER line applies the adapter."""
     tok = llm.tokenizer
-    lines = [f"# Ollama Modelfile written by acik convert; `ollama create NAME -f {Path('Modelfile')}`",
-             f"FROM {Path(gguf_path).resolve()}"]
+    lines = [f"# Ollama Modelfile written by acik convert; `ollama create NAME -f {Path('Modelfile')}`"]
+    if adapter is not None and Path(gguf_path).suffix.lower() != ".gguf":
+        lines.append(f"# the base model as GGUF first: acik convert {gguf_path} --to gguf --out base.gguf")
+        gguf_path = "base.gguf"
+    lines.append(f"FROM {Path(gguf_path).resolve()}")
+    if adapter is not None:
+        lines.append(f"ADAPTER {Path(adapter).resolve()}")
     template = go_template(tok.chat_template)
     if template is not None:
         lines.append(f'TEMPLATE """{template}"""')
@@ -93,23 +99,39 @@ def modelfile(llm, gguf_path: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_gguf(src: str, out: str | Path, kind: str = "f16", modelfile_path: str | Path | None = None) -> dict:
-    """Load `src` as float32 and write it as GGUF of type `kind`; returns write_gguf's summary plus the Modelfile."""
+def to_gguf(src: str, out: str | Path, kind: str | None = None, modelfile_path: str | Path | None = None) -> dict:
+    """Load `src` as float32 and write it as GGUF of type `kind` (default f16; a LoRA adapter: llama.cpp's adapter
+    GGUF, default f32); returns the writer's summary plus the Modelfile."""
     from acik.formats.gguf_writer import GGUFWriteError, write_gguf
     from acik.loader import load
     from acik.models import resolve
 
-    if kind not in TYPES:
-        raise GGUFWriteError(f"--type {kind!r} is not a type acik writes; use one of {', '.join(TYPES)}")
     ref = resolve(src)  # an adapter whose base is missing fails here, naming the base
     if ref.kind == "adapter":
-        raise GGUFWriteError(f"{ref.path} is a LoRA adapter: acik does not write adapters as GGUF yet; merge it "
-                             f"first (`acik lora merge {ref.model.path} {ref.path} MERGED`) and convert MERGED")
+        return _adapter_to_gguf(ref, out, kind, modelfile_path)
+    kind = kind or "f16"
+    if kind not in TYPES:
+        raise GGUFWriteError(f"--type {kind!r} is not a type acik writes; use one of {', '.join(TYPES)}")
     if Path(out).suffix.lower() != ".gguf":
         raise ValueError(f"--out {out}: name the file .gguf (llama.cpp and Ollama expect it)")
     llm = load(ref, dtype="float32", dequantize=True)
     summary = write_gguf(llm, out, kind)
     summary["modelfile"] = modelfile(llm, out)
+    if modelfile_path is not None:
+        Path(modelfile_path).write_text(summary["modelfile"], encoding="utf-8")
+    return summary
+
+
+def _adapter_to_gguf(ref, out: str | Path, kind: str | None, modelfile_path: str | Path | None) -> dict:
+    """A LoRA adapter directory -> llama.cpp's adapter GGUF (f32 unless `kind`), on its base loaded as float32."""
+    from acik.formats.gguf_lora import write_lora_gguf
+    from acik.loader import load
+
+    if Path(out).suffix.lower() != ".gguf":
+        raise ValueError(f"--out {out}: name the file .gguf (llama.cpp and Ollama expect it)")
+    llm = load(ref, dtype="float32", dequantize=True)
+    summary = write_lora_gguf(llm, out, kind or "f32", adapter_dir=ref.path)
+    summary["modelfile"] = modelfile(llm, ref.model.path, adapter=out)
     if modelfile_path is not None:
         Path(modelfile_path).write_text(summary["modelfile"], encoding="utf-8")
     return summary
@@ -143,10 +165,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return 0
     if args.dtype is not None:
         raise ValueError("--dtype applies to --to hf only; use --type for GGUF")
-    summary = to_gguf(args.src, args.out, args.type or "f16", args.modelfile)
-    types = ", ".join(f"{n} {k}" for k, n in summary["tensor_types"].items())
-    print(f"{summary['path']}: GGUF {summary['architecture']}, {summary['bytes'] / 1024**2:.1f} MiB ({types}), "
-          f"pre-tokenizer {summary['pre_tokenizer']}", file=sys.stderr)
+    summary = to_gguf(args.src, args.out, args.type, args.modelfile)
+    if "rank" in summary:
+        print(f"{summary['path']}: LoRA adapter GGUF for {summary['architecture']}, {summary['tensors']} tensors, "
+              f"rank {summary['rank']}, alpha {summary['alpha']:g}", file=sys.stderr)
+    else:
+        types = ", ".join(f"{n} {k}" for k, n in summary["tensor_types"].items())
+        print(f"{summary['path']}: GGUF {summary['architecture']}, {summary['bytes'] / 1024**2:.1f} MiB ({types}), "
+              f"pre-tokenizer {summary['pre_tokenizer']}", file=sys.stderr)
     print(summary["modelfile"], end="")
     if args.modelfile:
         print(f"Modelfile written to {args.modelfile}; then: ollama create NAME -f {args.modelfile}", file=sys.stderr)
@@ -162,8 +188,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--to", required=True, choices=["gguf", "hf"], help="gguf: a .gguf file for llama.cpp and "
                    "Ollama; hf: a Hugging Face directory (from a .gguf source)")
     p.add_argument("--out", required=True, help="the .gguf file (--to gguf) or directory (--to hf) to write")
-    p.add_argument("--type", choices=TYPES, help="GGUF tensor type of the 2-D weights (default f16); norms stay "
-                   "F32, q4_0/q4_1 keep the embedding and output head at q8_0")
+    p.add_argument("--type", choices=TYPES, help="GGUF tensor type of the 2-D weights (default f16; a LoRA adapter: "
+                   "f32, or f16/bf16); norms stay F32, q4_0/q4_1 keep the embedding and output head at q8_0")
     p.add_argument("--modelfile", metavar="PATH", help="also write the Ollama Modelfile (printed either way) here")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="dtype of the Hugging Face "
                    "weights (--to hf; default float32, so quantized weights are not rounded twice)")

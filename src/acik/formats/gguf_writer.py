@@ -158,11 +158,12 @@ def _tensor(name: str, w: torch.Tensor, kind: str):
     return quantize(w.float().numpy(), qtype), qtype
 
 
-def source_metadata(llm) -> dict[str, str]:
-    """`acik.source.*`: the name, the acik manifest hash of the source directory, or the source file's sha256."""
+def source_metadata(path: str | Path | None) -> dict[str, str]:
+    """`acik.source.*` of what a model was loaded from: its name, the acik manifest hash of a directory (computed
+    where it has no acik.json), or a file's sha256."""
     import json
 
-    path = Path(llm.path) if llm.path is not None else None
+    path = Path(path) if path is not None else None
     out: dict[str, str] = {}
     if path is None:
         return out
@@ -235,7 +236,7 @@ def write_gguf(llm, out: str | Path, kind: str = "f16", *, name: str | None = No
     license_ = _license(llm)
     if license_:
         writer.add_license(license_)
-    for key, value in source_metadata(llm).items():
+    for key, value in source_metadata(llm.path).items():
         writer.add_string(key, value)
     from acik.version import __version__
 
