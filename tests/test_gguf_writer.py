@@ -351,3 +351,50 @@ def test_lora_adapter_refusals(tiny, tmp_path):
         write_lora_gguf(tiny["llm"], tmp_path / "a.gguf", "q8_0")
     with pytest.raises(GGUFWriteError, match="no LoRA layers"):
         write_lora_gguf(tiny["llm"], tmp_path / "a.gguf")
+
+
+# --- against llama.cpp's own converter (slow) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def conversion_env(tmp_path_factory):
+    """test_gguf's runner of llama.cpp's converter (skips with the download command where it is absent)."""
+    import test_gguf
+
+    return test_gguf.conversion_env.__wrapped__(tmp_path_factory)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,outtype", [("llama", "f32"), ("llama", "q8_0"), ("llama", "bf16"), ("qwen2", "f16"),
+                                          ("qwen3", "q8_0"), ("olmo2", "f32")])
+def test_same_file_as_llama_cpp_converter(name, outtype, tmp_path, conversion_env):
+    """acik's export of a tiny random model and llama.cpp's convert_hf_to_gguf.py's hold the same tensors byte for
+    byte (names, types, data: Q/K permutation, orientation, quantization) and the same metadata where both write a
+    key. Differences allowed: the name, acik's keys, keys only one side writes, and `tokenizer.ggml.pre`: the
+    converter is told 'smollm' (test_gguf's runner), while the tokenizer.json here (transformers' re-export of the
+    GGUF tokenizer) really splits like plain GPT-2, which acik names."""
+    import shutil
+    import subprocess
+    import sys
+
+    from test_gguf import CONVERTED
+
+    runner, tok, env = conversion_env
+    make_hf_model(CONVERTED[name](), tmp_path / "hf")
+    for f in tok.iterdir():
+        shutil.copy(f, tmp_path / "hf" / f.name)
+    theirs, ours = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    done = subprocess.run([sys.executable, str(runner), str(tmp_path / "hf"), "--outfile", str(theirs),
+                           "--outtype", outtype], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert write_gguf(load(tmp_path / "hf", dtype="float32"), ours, outtype)["pre_tokenizer"] == "gpt-2"
+    a, b = open_gguf(theirs), open_gguf(ours)
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert set(ta) == set(tb)
+    for n, t in ta.items():
+        assert t.tensor_type == tb[n].tensor_type, n
+        assert bytes(t.data.tobytes()) == bytes(tb[n].data.tobytes()), n
+    ma = {k: f.contents() for k, f in a.fields.items() if not k.startswith("GGUF.")}  # GGUF.kv_count ...
+    mb = {k: f.contents() for k, f in b.fields.items() if not k.startswith("GGUF.")}
+    for k in set(ma) & set(mb) - {"general.name", "tokenizer.ggml.pre"}:
+        assert ma[k] == mb[k], k
+    assert set(ma) - set(mb) <= {"general.size_label", "tokenizer.ggml.add_bos_token"}

@@ -118,7 +118,7 @@ def vocab_from_tokenizer(tok: Any, n_vocab: int) -> Vocab:
             special[key] = int(ours)
     # The turn's end where it differs from eos (llama.cpp stops on eot as on eos).
     for stop in tok.stop_token_ids:
-        if stop != special.get("eos") and types[stop] == CONTROL:
+        if 0 <= stop < n_vocab and stop != special.get("eos") and types[stop] == CONTROL:
             special["eot"] = int(stop)
             break
     # add_bos/add_eos as the tokenizer actually does it (its post-processor), not as a config claims.

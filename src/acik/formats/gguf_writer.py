@@ -100,6 +100,8 @@ def check_writable(config) -> str:
 
 def _metadata(writer, config, arch: str, kind: str) -> torch.Tensor | None:
     """Architecture keys; returns Llama 3's `rope_freqs` tensor when the model has that RoPE scaling."""
+    import gguf
+
     head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -111,15 +113,13 @@ def _metadata(writer, config, arch: str, kind: str) -> torch.Tensor | None:
     writer.add_layer_norm_rms_eps(float(config.norm_eps))
     writer.add_vocab_size(config.vocab_size)
     writer.add_rope_dimension_count(int(head_dim * config.partial_rotary_factor))
-    if head_dim != config.hidden_size // config.num_attention_heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer.add_key_length(head_dim)  # written by llama.cpp's converter whatever the head size
+    writer.add_value_length(head_dim)
     writer.add_file_type(_FILE_TYPE[kind])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     rope = dict(config.rope_scaling or {})
     kind_rope = rope.get("rope_type", rope.get("type", "default"))
     if kind_rope == "linear":
-        import gguf
-
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
     elif kind_rope == "llama3":
@@ -232,6 +232,7 @@ def write_gguf(llm, out: str | Path, kind: str = "f16", *, name: str | None = No
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_type("model")
     writer.add_name(name or (Path(llm.path).stem if llm.path is not None else "acik-model"))
     license_ = _license(llm)
     if license_:
