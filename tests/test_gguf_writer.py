@@ -177,6 +177,32 @@ def test_tiny_llama_quantized_types_reload(tiny):
         assert worst > tol / 10, (kind, worst)  # the type was applied
 
 
+def test_embedding_rows_past_the_tokenizer_become_unused_pad_tokens(tiny, tmp_path):
+    """A model whose embedding has more rows than its tokenizer has tokens (Qwen2 pads to a multiple of 64 or 128)
+    gets `[PADn]` tokens typed UNUSED for them, as llama.cpp's converter writes them; the real tokens keep their ids."""
+    import shutil
+
+    from acik.formats.gguf_tokenizer import UNUSED
+    from acik.tokenizer import load_tokenizer
+
+    src = tiny["root"] / "hf"
+    vocab = tiny["llm"].config.vocab_size
+    config = tf.LlamaConfig(vocab_size=vocab + 6, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    make_hf_model(config, tmp_path / "hf")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, tmp_path / "hf" / name)
+    write_gguf(load(tmp_path / "hf", dtype="float32"), tmp_path / "padded.gguf", "f32")
+    fields = open_gguf(tmp_path / "padded.gguf").fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    assert len(tokens) == vocab + 6 and tokens[vocab:] == [f"[PAD{i}]" for i in range(vocab, vocab + 6)]
+    assert set(types[vocab:]) == {UNUSED} and UNUSED not in types[:vocab]
+    back = load_tokenizer(tmp_path / "padded.gguf")
+    for text in SAMPLES:
+        assert back.encode(text) == tiny["llm"].tokenizer.encode(text)
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 def test_pre_tokenizer_names():
