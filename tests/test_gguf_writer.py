@@ -203,6 +203,16 @@ def test_embedding_rows_past_the_tokenizer_become_unused_pad_tokens(tiny, tmp_pa
         assert back.encode(text) == tiny["llm"].tokenizer.encode(text)
 
 
+def test_writing_over_the_source_file(tiny, tmp_path):
+    """The file is written beside `out` and moved into place: a GGUF source can be re-exported onto itself, and no
+    half-written file is left behind."""
+    path = tmp_path / "m.gguf"
+    write_gguf(tiny["llm"], path, "f32")
+    write_gguf(load(path, dtype="float32"), path, "f16")
+    assert load(path).config.torch_dtype == "float16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 def test_pre_tokenizer_names():

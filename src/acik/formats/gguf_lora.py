@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from acik.formats.gguf_writer import GGUFWriteError, check_writable, gguf_name, permute_rows, source_metadata
+from acik.formats.gguf_writer import (
+    GGUFWriteError,
+    check_writable,
+    finish,
+    gguf_name,
+    partial_path,
+    permute_rows,
+    source_metadata,
+)
 
 LORA_TYPES = ("f32", "f16", "bf16")
 
@@ -52,7 +60,7 @@ def write_lora_gguf(llm, out: str | Path, kind: str = "f32", *, adapter_dir: str
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), arch)
+    writer = gguf.GGUFWriter(str(partial_path(out)), arch)
     writer.add_type("adapter")
     writer.add_string("adapter.type", "lora")
     alpha = alphas.pop()
@@ -74,12 +82,7 @@ def write_lora_gguf(llm, out: str | Path, kind: str = "f32", *, adapter_dir: str
             data, qtype = _tensor(stem + suffix, w, kind if w.shape[-1] % 32 == 0 or kind == "f32" else "f32")
             writer.add_tensor(stem + suffix, data, raw_dtype=qtype)
             count += 1
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    finish(writer, out)
     r = next(iter(layers.values())).r
     return {"path": out, "tensors": count, "rank": r, "alpha": alpha, "architecture": arch,
             "bytes": out.stat().st_size}

@@ -179,6 +179,28 @@ def source_metadata(path: str | Path | None) -> dict[str, str]:
     return out
 
 
+def partial_path(out: Path) -> Path:
+    """Where a GGUF is written before it is complete: `out` never holds half a file, and a source being read is not
+    truncated under its reader's memory map when `out` names it."""
+    return out.with_name(out.name + ".partial")
+
+
+def finish(writer, out: Path) -> None:
+    """Write the header, metadata and tensors of `writer` (opened on `partial_path(out)`), then move it to `out`."""
+    import os
+
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        partial_path(out).unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(partial_path(out), out)
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -231,7 +253,7 @@ def write_gguf(llm, out: str | Path, kind: str = "f16", *, name: str | None = No
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out), arch)
+    writer = gguf.GGUFWriter(str(partial_path(out)), arch)
     writer.add_type("model")
     writer.add_name(name or (Path(llm.path).stem if llm.path is not None else "acik-model"))
     license_ = _license(llm)
@@ -259,12 +281,7 @@ def write_gguf(llm, out: str | Path, kind: str = "f16", *, name: str | None = No
         data, qtype = _tensor(tname, w, kind)
         writer.add_tensor(tname, data, raw_dtype=qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    finish(writer, out)
     return {"path": out, "tensor_types": counts, "bytes": out.stat().st_size, "pre_tokenizer": vocab.pre,
             "architecture": arch}
 
