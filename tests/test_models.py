@@ -186,3 +186,15 @@ def test_the_builtin_model_answers_paris_from_the_cli(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n\n"))
     assert main(["chat", "smollm2-135m-instruct", "--temperature", "0", "--max-new-tokens", "12"]) == 0
     assert "The capital of France is Paris." in capsys.readouterr().out
+
+
+def test_quantizing_an_adapter_directory_quantizes_the_adapted_model(model_and_adapter, tmp_path):
+    base, run, ids, expected = model_and_adapter
+    assert main(["quantize", str(run / "adapter"), "--method", "int8", "--out", str(tmp_path / "q")]) == 0
+    with torch.no_grad():
+        got = acik.load(tmp_path / "q", dtype="float32").model(ids)
+        plain = acik.load(base, dtype="float32").model(ids)
+    error = (got - expected).abs().max().item()
+    assert error < 0.05 * expected.abs().max().item() < (plain - expected).abs().max().item()
+    with pytest.raises(ValueError, match="unmerged LoRA adapter"):
+        acik.load(run / "adapter").save(tmp_path / "unmerged")

@@ -97,6 +97,12 @@ class LLM:
         from acik.quant import is_quantized
 
         refuse_if_optimized(self.model, "save it")
+        from acik.train.lora import lora_layers
+
+        if lora_layers(self.model):
+            raise ValueError("this model carries an unmerged LoRA adapter, which a model directory cannot hold; merge "
+                             "it first (`acik lora merge BASE ADAPTER OUT`, or acik.train.lora.merge_lora(llm.model)), "
+                             "or save the adapter alone (acik.train.lora.save_adapter)")
         save = save_pretrained
         if is_quantized(self.model):
             from acik.formats.compressed import save_quantized as save

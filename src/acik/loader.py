@@ -53,14 +53,16 @@ def load(reference: str | Path | ModelRef, device: str | torch.device | None = "
     load) or "packed" (keep 4.25-bit experts in memory). `quantize`: an `acik.quant` method (int8, int4,
     int4-hqq, nf4, mxfp4, w8a8) applied at load with `group_size`, `skip` and `head` ("int8": the head at 8
     bits whatever the method); a directory written by `acik quantize` loads quantized by itself. `adapter`: a
-    LoRA adapter directory (PEFT format) applied unmerged. `optimize`: rewrite the model for inference only
+    LoRA adapter directory (PEFT format) applied unmerged (a quantized load of an adapter directory merges it into
+    the base first, so the adapted weights are what is quantized). `optimize`: rewrite the model for inference only
     (see `LLM.optimize`)."""
     ref = resolve(reference)
+    merge = False  # an adapter directory quantized: quantize the adapted weights, not the base under the adapter
     if ref.kind == "adapter":
         if adapter is not None:
             raise ValueError(f"{ref.path} is a LoRA adapter already; pass its base model with adapter=, or the "
                              "adapter directory alone")
-        adapter, ref = ref.path, ref.model
+        adapter, ref, merge = ref.path, ref.model, bool(quantize)
     if mxfp4 not in ("dequantize", "packed"):
         raise ValueError(f"mxfp4={mxfp4!r}: use 'dequantize' or 'packed'")
     device = resolve_device(device)
@@ -71,6 +73,12 @@ def load(reference: str | Path | ModelRef, device: str | torch.device | None = "
         defaults = generation_defaults(ref.path)
     if active_experts is not None and ref.kind == "gguf":
         _set_active_experts(config, active_experts, ref.path)
+    if merge:
+        from acik.train.lora import load_adapter, merge_lora
+
+        load_adapter(model, adapter)
+        merge_lora(model)
+        adapter = None
     if quantize:
         from acik.quant import quantize_model
 
