@@ -15,7 +15,7 @@ from acik.loader import load
 
 pytestmark = pytest.mark.slow
 
-INSTALL = ("llama-cpp-python is not installed; install it with `pip install llama-cpp-python` (builds llama.cpp "
+INSTALL = ("llama-cpp-python is not installed; install it with `pip install -e '.[interop]'` (it builds llama.cpp "
            "from source, about 6 minutes on 2 cores)")
 PROSE = ("The Eiffel Tower, completed in 1889 for the World's Fair, stands on the Champ de Mars in Paris. It was the "
          "tallest man-made structure in the world until the Chrysler Building was finished in New York in 1930. "
