@@ -1,19 +1,17 @@
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+import real_inputs
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-SHARED_DATA = Path(os.environ.get("ACIK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"shared test data not found at {SHARED_DATA} (set ACIK_SHARED_DATA to its location)")
-    return SHARED_DATA
+    return real_inputs.shared_data()
 
 
 @pytest.fixture
@@ -40,3 +38,20 @@ def tiny_chat_model_dir(tmp_path_factory) -> Path:
     model.init_weights(0)
     LLM(model, cfg, tokenizer_dir=d).save(d, command="test")
     return d
+
+
+@pytest.fixture(scope="module")
+def quant_base_dir(tmp_path_factory) -> Path:
+    """A small random float32 model directory (hidden 128, 2 layers) to quantize."""
+    from acik.config import ModelConfig
+    from acik.llm import LLM
+    from acik.model import Transformer
+
+    cfg = ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    model.init_weights(0)
+    path = tmp_path_factory.mktemp("quant") / "base"
+    LLM(model, cfg).save(path)
+    return path

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from acik.chat_template import ChatTemplateError, render_chat_template
 from acik.tokenizer import load_tokenizer, train_bpe
+from real_inputs import shared_data as _shared_data
 
 transformers = pytest.importorskip("transformers")
-
-
-def _shared_data() -> Path:
-    root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not root.is_dir():
-        pytest.skip(f"shared test data not found at {root} (set ACIK_SHARED_DATA)")
-    return root
 
 
 LLAMA_EXTRA = ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|python_tag|>"]

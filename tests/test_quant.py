@@ -13,7 +13,6 @@ import acik
 from acik.config import ModelConfig
 from acik.formats.compressed import _pack_rows, _unpack_rows, pack_int32
 from acik.kernels import build, cpu_matmul
-from acik.llm import LLM
 from acik.model import Transformer
 from acik.quant import METHODS, QuantizationError, methods, quantize_model
 from acik.quant.linear import Int4Linear, Int8Linear, QuantLinear
@@ -527,15 +526,8 @@ def test_cpu_kernels_under_torch_compile():
 # --- model directories ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    cfg = ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    model.init_weights(0)
-    path = tmp_path_factory.mktemp("quant") / "base"
-    LLM(model, cfg).save(path)
-    return path
+def base_dir(quant_base_dir):
+    return quant_base_dir
 
 
 IDS = torch.tensor([[1, 5, 9, 200, 17, 3, 250, 42]])

@@ -13,7 +13,6 @@ import torch
 import acik
 from acik.config import ModelConfig
 from acik.kernels import cpu_matmul
-from acik.llm import LLM
 from acik.model import Transformer
 from acik.quant import Int8Linear, QuantEmbedding, QuantizationError, methods, quantize_model
 
@@ -182,15 +181,8 @@ def test_transformer_re_ties_after_a_move(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    cfg = ModelConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, torch_dtype="float32")
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    model.init_weights(0)
-    path = tmp_path_factory.mktemp("int8_blocks") / "base"
-    LLM(model, cfg).save(path)
-    return path
+def base_dir(quant_base_dir):
+    return quant_base_dir
 
 
 def test_quantize_save_load_round_trip(base_dir, tmp_path):

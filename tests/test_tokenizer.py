@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,10 @@ from acik.tokenizer import (
     save_byte_tokenizer,
     train_bpe,
 )
+from real_inputs import shared_data as _shared_data
+from real_inputs import udhr2_texts
 
 transformers = pytest.importorskip("transformers")
-
-
-def _shared_data() -> Path:
-    root = Path(os.environ.get("ACIK_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not root.is_dir():
-        pytest.skip(f"shared test data not found at {root} (set ACIK_SHARED_DATA)")
-    return root
 
 
 def hf_tokenizer(path: Path):
@@ -120,14 +113,6 @@ def test_acceptance_wikitext_ids_match_transformers(acceptance_tok):
     ours = load_tokenizer(acceptance_tok).encode(text)
     assert ours == hf_tokenizer(acceptance_tok).encode(text)
     assert len(ours) < len(text.encode("utf-8")) / 3  # it learnt real merges
-
-
-def udhr2_texts() -> list[tuple[str, str]]:
-    path = _shared_data() / "nltk_data" / "corpora" / "udhr2.zip"
-    if not path.exists():
-        pytest.skip(f"{path} missing")
-    with zipfile.ZipFile(path) as z:
-        return [(n, z.read(n).decode("utf-8")) for n in z.namelist() if n.endswith(".txt")]
 
 
 def _udhr2_round_trip(tok_dir: Path, limit: int | None) -> None:
