@@ -503,3 +503,25 @@ def test_serve_loads_the_model_optimized_unless_told_not_to(model_dir, optimize)
         assert getattr(engine.model, "inference_only", False) == optimize
     finally:
         engine.close()
+
+
+def test_requests_without_sampling_options_take_the_models_defaults(model_dir, tmp_path):
+    """A model whose generation_config.json says greedy (`do_sample: false`) answers a request that sets no
+    temperature greedily, whatever its seed; one that sets a temperature samples."""
+    greedy_dir = tmp_path / "greedy"
+    greedy_dir.mkdir()
+    for f in model_dir.iterdir():
+        if f.is_file():
+            (greedy_dir / f.name).write_bytes(f.read_bytes())
+    (greedy_dir / "generation_config.json").write_text(json.dumps({"do_sample": False}))
+    app = build_app(ServeSettings(model=str(greedy_dir), api_key=KEY, max_batch_size=2))
+    with LiveServer(app) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+        def reply(**kw):
+            return c.chat.completions.create(model="greedy", messages=MESSAGES, max_tokens=10, **kw)\
+                .choices[0].message.content
+
+        want = reply(temperature=0)
+        assert {reply(seed=s) for s in range(3)} == {want}
+        assert len({reply(seed=s, temperature=1.5) for s in range(3)}) > 1

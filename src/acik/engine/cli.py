@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from acik import fmt
-from acik.engine.generate import chat_prompt_ids, get_engine, harmony_reply, make_request
+from acik.engine.generate import chat_prompt_ids, get_engine, harmony_reply, make_request, sampling_defaults
 from acik.loader import load
 from acik.models import MODEL_HELP
 
@@ -82,7 +82,7 @@ def _sampling(r: GenerateRecipe, llm=None) -> dict[str, Any]:
     given = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                  min_p=r.min_p, repetition_penalty=r.repetition_penalty, frequency_penalty=r.frequency_penalty,
                  presence_penalty=r.presence_penalty, seed=r.seed, stop=list(r.stop))
-    defaults = llm.sampling_defaults(chat=True) if llm is not None else {}
+    defaults = sampling_defaults(llm, chat=True) if llm is not None else {}
     return {**defaults, **{k: v for k, v in given.items() if v is not None}}
 
 

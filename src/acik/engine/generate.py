@@ -19,7 +19,7 @@ def get_engine(llm, **kwargs: Any) -> Engine:
     return engine
 
 
-def _defaults(llm, chat: bool) -> dict[str, Any]:
+def sampling_defaults(llm, chat: bool) -> dict[str, Any]:
     """The model's sampling defaults, else acik's (`LLM.sampling_defaults`); {} for a stand-in without them."""
     method = getattr(llm, "sampling_defaults", None)
     return method(chat=chat) if method else {}
@@ -59,7 +59,7 @@ def generate(llm, prompt, stream: bool = False, **sampling: Any):
     prompts = prompt if batch else [prompt]
     if stream and batch:
         raise ValueError("stream=True takes one prompt, not a batch")
-    sampling = {**_defaults(llm, chat=False), **sampling}
+    sampling = {**sampling_defaults(llm, chat=False), **sampling}
     engine = get_engine(llm)
     handles = []
     for p in prompts:
@@ -108,7 +108,7 @@ def chat_ids(llm, messages: list[dict], truncation: str | None, max_new_tokens: 
 def chat(llm, messages: list[dict], stream: bool = False, truncation: str | None = None, **sampling: Any):
     """See `LLM.chat`."""
     tok = llm.tokenizer
-    sampling = {**_defaults(llm, chat=True), **sampling}
+    sampling = {**sampling_defaults(llm, chat=True), **sampling}
     if sampling.get("truncate") and truncation is None:  # the engine keeps the prompt's last tokens, whatever they are
         ids = chat_prompt_ids(llm, messages)
     else:

@@ -103,14 +103,10 @@ def check_port(host: str, port: int) -> None:
                              ) from None
 
 
-def _defaults(llm: Any, chat: bool) -> dict:
-    method = getattr(llm, "sampling_defaults", None)  # tests may serve a stand-in for an LLM
-    return method(chat=chat) if method else {}
-
-
 def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     """Load the model (unless `llm` is given), start its engine and return the FastAPI app."""
     from acik.engine import Engine
+    from acik.engine.generate import sampling_defaults
     from acik.loader import load
     from acik.serve.app import ServerConfig, create_app
     from acik.serve.policy import Policy
@@ -128,7 +124,8 @@ def build_app(settings: ServeSettings, llm: Any = None) -> Any:
     config = ServerConfig(model_name=name, max_context=engine.max_seq_len, vocab_size=llm.config.vocab_size,
                           api_key=settings.api_key, max_concurrency=settings.max_concurrency,
                           cors_origins=list(settings.cors_origins), policy=policy,
-                          chat_defaults=_defaults(llm, chat=True), completion_defaults=_defaults(llm, chat=False))
+                          chat_defaults=sampling_defaults(llm, chat=True),
+                          completion_defaults=sampling_defaults(llm, chat=False))
     return create_app(engine, tokenizer, config)
 
 
