@@ -106,3 +106,18 @@ def test_eval_shows_a_progress_bar_per_task(model, tmp_path, capsys):
     assert "| mytask | acc |" in captured.out
     assert main(["eval", str(d), "--tasks", "mytask", "--data-dir", str(data), "--quiet"]) == 0
     assert "tok/s" not in capsys.readouterr().err
+
+
+def test_a_model_with_an_8bit_embedding_scores_shared_contexts(model):
+    """A GGUF model's Q8_0 embedding is an int8 table: the shared contexts' cache takes the model's compute dtype
+    (it took the table's and failed)."""
+    from acik.quant.embedding import QuantEmbedding
+
+    q = Transformer(model.config)
+    q.load_state_dict(model.state_dict())
+    q.model.embed_tokens = QuantEmbedding.from_embedding(q.model.embed_tokens, 32)
+    q.eval()
+    pairs = _pairs(2)
+    ref = loglikelihoods(q, pairs, batch_size=8, share_contexts=False)
+    got = loglikelihoods(q, pairs, batch_size=8, share_contexts=True)
+    assert max(abs(a[0] - b[0]) for a, b in zip(ref, got)) < 1e-5

@@ -267,7 +267,7 @@ def test_modelfile_of_the_shipped_model(smol):
 
 def test_cli_gguf_to_hf_loads_in_transformers(tiny, tmp_path):
     """f32 GGUF -> HF directory -> transformers gives the source model's logits; the manifest names the GGUF."""
-    from acik.formats.gguf_writer import sha256
+    from acik.manifest import sha256_file as sha256
 
     src = tmp_path / "tiny.gguf"
     write_gguf(tiny["llm"], src, "f32")

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from acik import fmt
 from acik.formats.gguf_writer import TYPES
 
 # Ollama's names for acik's sampling options.
@@ -139,8 +140,8 @@ def _adapter_to_gguf(ref, out: str | Path, kind: str | None, modelfile_path: str
 
 def to_hf(src: str, out: str | Path, dtype: str | None = None) -> Path:
     """A GGUF file -> a Hugging Face directory (float32 unless `dtype`), recording the file's sha256 as parent."""
-    from acik.formats.gguf_writer import sha256
     from acik.loader import load
+    from acik.manifest import sha256_file
     from acik.models import resolve
 
     ref = resolve(src)
@@ -152,7 +153,7 @@ def to_hf(src: str, out: str | Path, dtype: str | None = None) -> Path:
            if k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
     if gen:
         gen["do_sample"] = gen.get("temperature", 1.0) > 0
-    parents = [{"role": "source", "path": str(ref.path), "sha256": sha256(ref.path)}]
+    parents = [{"role": "source", "path": str(ref.path), "sha256": sha256_file(ref.path)}]
     return llm.save(out, command=sys.argv, parents=parents, generation_config=gen or None)
 
 
@@ -171,7 +172,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
               f"rank {summary['rank']}, alpha {summary['alpha']:g}", file=sys.stderr)
     else:
         types = ", ".join(f"{n} {k}" for k, n in summary["tensor_types"].items())
-        print(f"{summary['path']}: GGUF {summary['architecture']}, {summary['bytes'] / 1024**2:.1f} MiB ({types}), "
+        print(f"{summary['path']}: GGUF {summary['architecture']}, {fmt.size(summary['bytes'])} ({types}), "
               f"pre-tokenizer {summary['pre_tokenizer']}", file=sys.stderr)
     print(summary["modelfile"], end="")
     if args.modelfile:

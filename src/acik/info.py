@@ -60,8 +60,8 @@ def describe_directory(directory: Path) -> str:
         + (f", {config.rope_scaling.get('rope_type')} scaling" if config.rope_scaling else ""),
         f"attention:     {pattern}",
         f"embeddings:    {'tied' if config.tie_word_embeddings else 'untied'}",
-        f"weights:       {_gib(n_params * bytes_per)} in {config.torch_dtype} "
-        f"({_gib(n_params * 2)} bf16, {_gib(n_params * 4)} fp32); files on disk {_gib(file_bytes)}",
+        f"weights:       {fmt.size(n_params * bytes_per)} in {config.torch_dtype} "
+        f"({fmt.size(n_params * 2)} bf16, {fmt.size(n_params * 4)} fp32); files on disk {fmt.size(file_bytes)}",
     ]
     if config.num_experts:
         lines.insert(8, f"experts:       {config.num_experts} per MoE layer, top-{config.num_experts_per_tok}")
@@ -78,8 +78,8 @@ def _expert_memory(model: torch.nn.Module, config: ModelConfig) -> list[str]:
     stored = " (stored as MXFP4)" if config.expert_quant == "mxfp4" else ""
     return [
         f"expert weights: {expert:,} of {model.num_parameters():,} parameters{stored}",
-        f"memory:        dequantised {_gib((expert + rest) * 2)} bf16 / {_gib((expert + rest) * 4)} fp32; "
-        f"packed MXFP4 experts {_gib(mxfp4_bytes(expert) + rest * 2)} "
+        f"memory:        dequantised {fmt.size((expert + rest) * 2)} bf16 / {fmt.size((expert + rest) * 4)} fp32; "
+        f"packed MXFP4 experts {fmt.size(mxfp4_bytes(expert) + rest * 2)} "
         f"({BITS_PER_WEIGHT} bits per expert weight, other weights bf16)",
     ]
 
@@ -100,10 +100,6 @@ def _run_lengths(labels: list[str]) -> str:
         else:
             runs.append([label, 1])
     return ", ".join(f"{label} x{n}" if n > 1 else label for label, n in runs)
-
-
-def _gib(n: int) -> str:
-    return fmt.size(n)
 
 
 def describe_quantization(directory: str | Path) -> list[str]:
@@ -132,7 +128,7 @@ def describe_quantization(directory: str | Path) -> list[str]:
     group = f", group size {group_size}" if group_size else ""
     group += f", lm_head {head}" if head and "lm_head." in layers else ""
     return [f"quantization:  {method}{group} ({qc.get('quant_method')} format), {len(layers)} linear layers",
-            f"quantized:     {q_weights:,} weights in {_gib(q_bytes)}: {8 * q_bytes / q_weights:.2f} bits per "
+            f"quantized:     {q_weights:,} weights in {fmt.size(q_bytes)}: {8 * q_bytes / q_weights:.2f} bits per "
             "weight with scales"]
 
 

@@ -26,6 +26,18 @@ class ManifestError(ValueError):
     pass
 
 
+def card_license(directory: str | Path) -> str | None:
+    """The `license:` of a model directory's card (README.md front matter), or None."""
+    import re
+
+    card = Path(directory) / "README.md"
+    if not card.is_file():
+        return None
+    m = re.search(r"^---\n(.*?)\n---", card.read_text(encoding="utf-8", errors="replace"), re.S)
+    lic = re.search(r"^license:\s*(\S.*)$", m.group(1), re.M) if m else None
+    return lic.group(1).strip().strip("'\"") if lic else None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -250,9 +250,9 @@ def summary_text(summary: dict) -> str:
     """The run's summary as a few lines for people (the CLI prints the JSON summary to stdout)."""
     bytes_in, bytes_kept = summary.get("bytes_in", 0), summary.get("bytes_kept", 0)
     share = f" ({bytes_kept / bytes_in:.0%})" if bytes_in else ""
-    recipes = ", ".join(f"{name} for {n} documents" for name, n in summary.get("recipes", {}).items())
+    recipes = ", ".join(f"{name} for {fmt.count(n, 'document')}" for name, n in summary.get("recipes", {}).items())
     lines = [
-        f"data: {summary['documents_in']} documents read, {summary['documents_kept']} kept, "
+        f"data: {fmt.count(summary['documents_in'], 'document')} read, {summary['documents_kept']:,} kept, "
         f"{summary['documents_dropped']} dropped, {summary['documents_quarantined']} quarantined; "
         f"{fmt.size(bytes_in)} in, {fmt.size(bytes_kept)} kept{share}",
     ]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from acik import fmt
 from acik.data import decontam, dedup, docs, filters, langid, pii
 from acik.data.executors import execute as _execute
 from acik.data.extract import html_to_text
@@ -346,7 +347,7 @@ def run(
             out.rmdir()
         n_files = sum(len(t.get("files", [])) for t in tasks)
         raise ValueError(
-            f"input {', '.join(inputs)}: no text to read ({n_files} file{'s' * (n_files != 1)}, all empty); "
+            f"input {', '.join(inputs)}: no text to read ({fmt.count(n_files, 'file')}, all empty); "
             "give files or folders that hold text"
         )
     kept_stats = _dedup_and_store(out, work, tasks, recipe)

@@ -74,7 +74,7 @@ def _score_shared(model, pairs: list[Pair], groups: list[list[int]], device) -> 
     owner = [k for k, g in enumerate(groups) for _ in g]
     tails = [pairs[i][1][:-1] for i in members]  # inputs after the context; the last token is only a target
     n_ctx, n_tail = max(len(c) for c in contexts), max(len(t) for t in tails)
-    dtype = model.model.embed_tokens.weight.dtype
+    dtype = model.compute_dtype  # not the embedding table's: a quantized one is int8
     cache = KVCache(model.config, len(groups) + len(members), n_ctx + max(n_tail, 1), max(n_ctx, n_tail, 1),
                     dtype=dtype, device=device)
     positions = torch.arange(n_ctx, device=device).expand(len(groups), n_ctx)

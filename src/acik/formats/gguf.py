@@ -15,6 +15,7 @@ acik has an 8-bit embedding (then Q8_0 stays 8-bit, and a tied head reads the sa
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from acik import fmt
 from acik.config import ModelConfig
 from acik.formats import CheckpointError
 from acik.formats import gguf_tensors as gt
@@ -70,6 +72,7 @@ _EXACT_INT4 = {"Q4_0", "Q4_1", "Q4_K"}
 # Reading
 # ---------------------------------------------------------------------------------------------
 
+@functools.cache
 def _reader_class():
     import gguf
 
@@ -537,6 +540,7 @@ def describe_gguf(path: str | Path) -> list[str]:
     meta = metadata(reader)
     arch = architecture(meta, path)
     rows: dict[str, dict] = {}
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
     for t in reader.tensors:
         target = acik_name(t.name)
         kind = _type_name(t)
@@ -547,10 +551,9 @@ def describe_gguf(path: str | Path) -> list[str]:
         if target is not None:
             role = _role(*target, _shape(t))
             how = holding(kind, role, False)
-            tied = "output.weight" not in {x.name for x in reader.tensors}
             row["holds"].add(_HOLDING_TEXT["int8-embedding" if role == "embedding" and how == "int8" and tied
                                            else how])
-    lines = [f"gguf:          {arch}, {len(reader.tensors)} tensors, {path.stat().st_size / 1024**2:.1f} MiB"]
+    lines = [f"gguf:          {arch}, {len(reader.tensors)} tensors, {fmt.size(path.stat().st_size)}"]
     for kind, row in sorted(rows.items(), key=lambda kv: -kv[1]["bytes"]):
         bits = 8 * row["bytes"] / max(row["weights"], 1)
         holds = "; ".join(sorted(row["holds"])) or "not used"

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
+from acik.formats.gguf_tensors import permute_rows, qk_heads
 from acik.formats.gguf_writer import (
     GGUFWriteError,
     check_writable,
     finish,
     gguf_name,
     partial_path,
-    permute_rows,
     source_metadata,
 )
 
@@ -56,7 +56,7 @@ def write_lora_gguf(llm, out: str | Path, kind: str = "f32", *, adapter_dir: str
         raise GGUFWriteError("the adapter changes the output head of a model whose head is its embedding (tied); "
                              "llama.cpp has no separate output weight to apply it to: merge it instead "
                              "(`acik lora merge`)")
-    heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads or config.num_attention_heads}
+    heads = qk_heads(config)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -148,3 +148,14 @@ def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
     if n_rows % (2 * n_head):
         raise ValueError(f"{n_rows} rows do not split into {n_head} heads of an even size")
     return torch.arange(n_rows).reshape(n_head, n_rows // n_head // 2, 2).transpose(1, 2).reshape(-1)
+
+
+def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's `LlamaModel.permute` of Q or K rows (Hugging Face's rotate-half layout -> GPT-J's interleaved
+    one): the inverse of `unpermute_rows`, so the reader and the writer share one definition of the layout."""
+    return w.index_select(0, torch.argsort(unpermute_rows(w.shape[0], n_head)))
+
+
+def qk_heads(config) -> dict[str, int]:
+    """The heads of the projections llama.cpp stores permuted, by module name."""
+    return {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}

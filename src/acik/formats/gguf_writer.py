@@ -15,7 +15,7 @@ Types: f32, f16, bf16, q8_0, q4_0, q4_1. Quantized models (acik int4/int8 layers
 
 from __future__ import annotations
 
-import hashlib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import torch
 
 from acik.formats import CheckpointError
 from acik.formats.gguf import _BLOCK_NAMES, _SAMPLING, _TOP_NAMES, ARCHITECTURES, PERMUTED
+from acik.formats.gguf_tensors import permute_rows, qk_heads
+from acik.manifest import card_license, read_manifest, sha256_file
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 # acik model_type -> GGUF architecture (the families acik reads back, minus MoE).
@@ -39,6 +41,7 @@ class GGUFWriteError(CheckpointError):
     """A model acik cannot write as GGUF; the message says what and what to do instead."""
 
 
+@functools.cache
 def _gguf_names() -> dict[str, str]:
     """acik module name pattern (`{i}` for the layer) -> GGUF stem, the inverse of gguf._BLOCK_NAMES/_TOP_NAMES.
     `post_attention_layernorm` is `ffn_norm` (pre-norm families) unless olmo2 overrides it."""
@@ -64,13 +67,6 @@ def gguf_name(param: str, model_type: str) -> str:
     if stem is None:
         raise GGUFWriteError(f"parameter {param} has no GGUF tensor name; this model has parts llama.cpp does not run")
     return f"{stem.format(i=layer)}.{kind}"
-
-
-def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """llama.cpp's `LlamaModel.permute` of Q or K rows (Hugging Face's rotate-half layout -> GPT-J's interleaved
-    one); `gguf_tensors.unpermute_rows` undoes it."""
-    rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def check_writable(config) -> str:
@@ -102,13 +98,13 @@ def _metadata(writer, config, arch: str, kind: str) -> torch.Tensor | None:
     """Architecture keys; returns Llama 3's `rope_freqs` tensor when the model has that RoPE scaling."""
     import gguf
 
-    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+    head_dim = config.head_dim
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(float(config.rope_theta))
     writer.add_layer_norm_rms_eps(float(config.norm_eps))
     writer.add_vocab_size(config.vocab_size)
@@ -161,17 +157,15 @@ def _tensor(name: str, w: torch.Tensor, kind: str):
 def source_metadata(path: str | Path | None) -> dict[str, str]:
     """`acik.source.*` of what a model was loaded from: its name, the acik manifest hash of a directory (computed
     where it has no acik.json), or a file's sha256."""
-    import json
-
     path = Path(path) if path is not None else None
     out: dict[str, str] = {}
     if path is None:
         return out
     out["acik.source.path"] = path.name
     if path.is_dir() and (path / "acik.json").exists():
-        out["acik.source.directory_hash"] = json.loads((path / "acik.json").read_text())["directory_hash"]
+        out["acik.source.directory_hash"] = read_manifest(path)["directory_hash"]
     elif path.is_file():
-        out["acik.source.sha256"] = sha256(path)
+        out["acik.source.sha256"] = sha256_file(path)
     elif path.is_dir():
         from acik.manifest import directory_hash, hash_files
 
@@ -201,14 +195,6 @@ def finish(writer, out: Path) -> None:
     os.replace(partial_path(out), out)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _license(llm) -> str | None:
     """The source's license: a GGUF's general.license, else the model card's `license:` front matter."""
     path = Path(llm.path) if llm.path is not None else None
@@ -219,16 +205,7 @@ def _license(llm) -> str | None:
 
         value = metadata(open_gguf(path)).get("general.license")
         return str(value) if value else None
-    card = path / "README.md"
-    if card.exists():
-        lines = card.read_text(encoding="utf-8", errors="replace").splitlines()
-        if lines and lines[0].strip() == "---":
-            for line in lines[1:]:
-                if line.strip() == "---":
-                    break
-                if line.startswith("license:"):
-                    return line.split(":", 1)[1].strip().strip("'\"") or None
-    return None
+    return card_license(path)
 
 
 def write_gguf(llm, out: str | Path, kind: str = "f16", *, name: str | None = None) -> dict[str, Any]:
@@ -272,7 +249,7 @@ def write_gguf(llm, out: str | Path, kind: str = "f16", *, name: str | None = No
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", rope_freqs.numpy(), raw_dtype=gguf.GGMLQuantizationType.F32)
         counts["F32"] = 1
-    heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads or config.num_attention_heads}
+    heads = qk_heads(config)
     for param, w in state.items():
         tname = gguf_name(param, config.model_type)
         module = param.rsplit(".", 2)[-2]

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 from acik import fmt
 from acik.devices import resolve_device, resolve_dtype
+from acik.manifest import card_license
 from acik.train import sft
 from acik.train.lora import ALL_LINEAR, apply_lora, lora_parameters, save_adapter
 
@@ -103,6 +103,11 @@ def _file_parent(path: Path, role: str) -> dict:
     return {"role": role, "path": str(path), "sha256": sha256_file(path)}
 
 
+def _model_parent(path: Path) -> dict:
+    """The base model as a parent: a directory by its manifest hash, a file (a .gguf) by its sha256."""
+    return _dir_parent(path, "base_model") if path.is_dir() else _file_parent(path, "base_model")
+
+
 def _dir_parent(path: Path, role: str) -> dict:
     from acik.manifest import read_manifest
 
@@ -110,16 +115,6 @@ def _dir_parent(path: Path, role: str) -> dict:
         return {"role": role, "path": str(path), "directory_hash": read_manifest(path)["directory_hash"]}
     except (ValueError, OSError, KeyError):
         return {"role": role, "path": str(path), "directory_hash": None}
-
-
-def base_license(base: Path) -> str | None:
-    """The `license:` of the base model's card front matter, if it has one."""
-    card = base / "README.md"
-    if not card.exists():
-        return None
-    m = re.search(r"^---\n(.*?)\n---", card.read_text(encoding="utf-8", errors="replace"), re.S)
-    lic = re.search(r"^license:\s*(\S.*)$", m.group(1), re.M) if m else None
-    return lic.group(1).strip().strip("'\"") if lic else None
 
 
 def quantize_base(model: torch.nn.Module, block_size: int) -> None:
@@ -244,7 +239,7 @@ def finetune(base: str | Path, data: str | Path, out: str | Path, *, val_data: s
     val_list = [_batch_dict(b) for b in sft.eval_batches(val_set, batch_size=r.batch_size, seq_len=r.max_seq_len,
                                                          packed=r.packing, pad_id=pad_id, max_batches=r.eval_batches)]
     lr = r.lr if r.lr is not None else (2e-5 if r.method == "full" else 2e-4)
-    parents = [_dir_parent(base, "base_model") if base.is_dir() else _file_parent(base, "base_model"),
+    parents = [_model_parent(base),
                _file_parent(data, "data")]
     if val_data is not None:
         parents.append(_file_parent(Path(val_data), "val_data"))
@@ -303,7 +298,7 @@ def write_model_card(out_dir: Path, *, base: Path, data: Path, val_data: Path | 
                      stats: dict, trainable: int, total: int, lr: float, max_steps: int, summary: dict) -> Path:
     """README.md with Hugging Face Hub metadata: base model, data and its license, method, results."""
     r = recipe
-    lic = base_license(base)
+    lic = card_license(base)
     data_lic = r.data_license or "not stated (pass --data-license to record it)"
     meta = ["---", f"base_model: {base.name}", f"license: {lic or 'other'}",
             f"library_name: {'peft' if r.method != 'full' else 'transformers'}",
@@ -357,7 +352,7 @@ def merge(base: str | Path, adapter: str | Path, out: str | Path, dtype: str = "
     llm = load(base_ref, dtype="float32", adapter=adapter_dir, dequantize=True)
     n = merge_lora(llm.model)
     llm.model.to(resolve_dtype(dtype, llm.config.torch_dtype))
-    parents = [_dir_parent(base, "base_model") if base.is_dir() else _file_parent(base, "base_model"),
+    parents = [_model_parent(base),
                _dir_parent(adapter_dir, "adapter")]
     llm.path = None  # the base is named in parents already
     llm.save(out, command=command or sys.argv, parents=parents, extra={"merged_lora_layers": n})
